@@ -1,0 +1,38 @@
+"""kcompile: a compiler from Keras-style models to optimized ONNX and TVM programs.
+
+    import kcompile as kc
+    x = kc.Input(shape=(784,))
+    y = kc.layers.Dense(10, activation="softmax")(x)
+    model = kc.Model(x, y)
+    kc.compile(model).save("model.onnx")
+"""
+
+__version__ = "0.1.0"
+
+from . import layers
+from .api import compile, optimize
+from .errors import GraphError, KCompileError, LoweringError, ModelError, RuntimeFailure, ShapeError, SourceLoc
+from .initializers import set_random_seed
+from .layers.base import Input, clear_session, device, name_scope
+from .model import Model, Sequential
+
+__all__ = [
+    "GraphError",
+    "Input",
+    "KCompileError",
+    "LoweringError",
+    "Model",
+    "ModelError",
+    "RuntimeFailure",
+    "Sequential",
+    "ShapeError",
+    "SourceLoc",
+    "__version__",
+    "clear_session",
+    "compile",
+    "device",
+    "layers",
+    "name_scope",
+    "optimize",
+    "set_random_seed",
+]

@@ -1,0 +1,415 @@
+"""Neural-network ops: matmul, convolution, pooling, softmax, reductions, and the two ops that read
+the learning phase (dropout, batch_norm).
+
+Convolution and pooling use ONNX's conventions: data NC<spatial>, kernels O(C/group)<spatial>,
+`auto_pad="SAME_UPPER"` for Keras 'same' (the extra pixel of padding goes at the end). Keras'
+channels-last layers reach them through explicit transposes that the layout pass cancels.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..ir.types import FLOAT_DTYPES, Dim, TensorType, broadcast_shapes, fresh_dim, normalize_axis
+from .registry import Attr, OnnxEmitter, OpDef, RefContext, register
+
+AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER")
+
+
+# matmul ------------------------------------------------------------------------------------
+def _matmul_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    x, w = types
+    if x.dtype != w.dtype:
+        raise ShapeError(f"matmul operands have different dtypes: {x} and {w}")
+    if x.rank < 2 or w.rank < 2:
+        raise ShapeError(f"matmul needs operands of rank >= 2, got {x} and {w}")
+    k1, k2 = x.shape[-1], w.shape[-2]
+    if isinstance(k1, int) and isinstance(k2, int) and k1 != k2:
+        raise ShapeError(f"matmul inner dimensions differ: {x} @ {w} ({k1} != {k2})")
+    batch = broadcast_shapes(x.shape[:-2], w.shape[:-2])
+    return [x.with_shape(batch + (x.shape[-2], w.shape[-1]))]
+
+
+register(
+    OpDef(
+        "matmul",
+        inputs=("a", "b"),
+        infer=_matmul_infer,
+        reference=lambda ctx, xs, a: [np.matmul(xs[0], xs[1])],
+        onnx=lambda e, ins, a, types: e.emit("MatMul", ins),
+        doc="y = a @ b with NumPy batch broadcasting (Dense: x[..., in] @ kernel[in, out])",
+    )
+)
+
+
+# windows (conv, pooling) -------------------------------------------------------------------
+def _window_out(size: Dim, k: int, s: int, d: int, pb: int, pe: int, auto_pad: str) -> Dim:
+    if not isinstance(size, int):
+        return fresh_dim()
+    if auto_pad == "SAME_UPPER":
+        return -(-size // s)
+    span = (k - 1) * d + 1
+    out = (size + pb + pe - span) // s + 1
+    if out <= 0:
+        raise ShapeError(f"window of size {k} (dilation {d}) does not fit a dimension of size {size}")
+    return out
+
+
+def _same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """Keras 'same' = ONNX SAME_UPPER: total padding split with the extra pixel at the end."""
+    total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _pads(spatial: tuple[int, ...], kernel: tuple[int, ...], a: dict[str, Any]) -> list[tuple[int, int]]:
+    nd = len(kernel)
+    strides, dil = a["strides"] or (1,) * nd, a.get("dilations") or (1,) * nd
+    if a["auto_pad"] == "SAME_UPPER":
+        return [_same_pads(n, k, s, d) for n, k, s, d in zip(spatial, kernel, strides, dil, strict=True)]
+    if a["auto_pad"] == "VALID" or not a["pads"]:
+        return [(0, 0)] * nd
+    return list(zip(a["pads"][:nd], a["pads"][nd:], strict=True))
+
+
+def _check_window_attrs(name: str, nd: int, a: dict[str, Any]) -> None:
+    for key in ("strides", "dilations"):
+        v = a.get(key)
+        if v and (len(v) != nd or min(v) < 1):
+            raise ShapeError(f"{name}: {key} {v} must hold {nd} positive values")
+    if a["pads"] and len(a["pads"]) != 2 * nd:
+        raise ShapeError(f"{name}: pads {a['pads']} must hold {2 * nd} values (begins, then ends)")
+
+
+def _windows(x: np.ndarray, kernel: tuple[int, ...], a: dict[str, Any], fill: float) -> np.ndarray:
+    """View of x [N, C, *spatial] as [N, C, *out, *kernel] windows (padding with `fill`)."""
+    nd = len(kernel)
+    strides, dil = a["strides"] or (1,) * nd, a.get("dilations") or (1,) * nd
+    pads = _pads(x.shape[2:], kernel, a)
+    xp = np.pad(x, [(0, 0), (0, 0), *pads], constant_values=fill)
+    span = tuple((k - 1) * d + 1 for k, d in zip(kernel, dil, strict=True))
+    axes = tuple(range(2, 2 + nd))
+    v = np.lib.stride_tricks.sliding_window_view(xp, span, axis=axes)
+    index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides) + tuple(
+        slice(None, None, d) for d in dil
+    )
+    return v[index]
+
+
+_WINDOW_ATTRS = (
+    Attr("strides", "ints", ()),
+    Attr("pads", "ints", ()),
+    Attr("auto_pad", "str", "NOTSET", choices=AUTO_PADS),
+)
+
+
+# conv --------------------------------------------------------------------------------------
+def _conv_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    x, w = types[0], types[1]
+    nd = x.rank - 2
+    if nd < 1 or w.rank != x.rank:
+        raise ShapeError(f"conv needs data [N, C, *spatial] and kernel [O, C/group, *k] of one rank, got {x} and {w}")
+    if x.dtype != w.dtype or x.dtype not in FLOAT_DTYPES:
+        raise ShapeError(f"conv needs floating operands of one dtype, got {x} and {w}")
+    _check_window_attrs("conv", nd, a)
+    g = a["group"]
+    c, o, ci = x.shape[1], w.shape[0], w.shape[1]
+    if isinstance(c, int) and isinstance(ci, int) and c != ci * g:
+        raise ShapeError(f"conv input has {c} channels, the kernel {w} expects {ci} x {g} groups")
+    if isinstance(o, int) and o % g:
+        raise ShapeError(f"conv output channels {o} are not divisible by group {g}")
+    if len(types) == 3 and types[2].shape != (o,):
+        raise ShapeError(f"conv bias must have shape ({o},), got {types[2]}")
+    kernel = w.shape[2:]
+    if not all(isinstance(k, int) for k in kernel):
+        raise ShapeError(f"conv kernel size must be static, got {w}")
+    strides = a["strides"] or (1,) * nd
+    dil = a["dilations"] or (1,) * nd
+    pads = a["pads"] or (0,) * (2 * nd)
+    out = tuple(
+        _window_out(x.shape[2 + i], int(kernel[i]), strides[i], dil[i], pads[i], pads[nd + i], a["auto_pad"])
+        for i in range(nd)
+    )
+    return [x.with_shape((x.shape[0], o) + out)]
+
+
+def _conv_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    x, w = xs[0], xs[1]
+    nd = x.ndim - 2
+    g = a["group"]
+    win = _windows(x, w.shape[2:], a, 0.0)  # [N, C, *out, *k]
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    win = win.reshape((n, g, c // g) + win.shape[2:])
+    wg = w.reshape((g, o // g) + w.shape[1:])
+    letters = string.ascii_lowercase
+    out_ax, k_ax = letters[:nd], letters[nd : 2 * nd]
+    y = np.einsum(f"NGC{out_ax}{k_ax},GOC{k_ax}->NGO{out_ax}", win, wg, optimize=True)
+    y = y.reshape((n, o) + y.shape[3:]).astype(x.dtype)
+    if len(xs) == 3:
+        y = y + xs[2].reshape((1, o) + (1,) * nd)
+    return [y]
+
+
+def _conv_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    attrs: dict[str, Any] = {"group": a["group"], "auto_pad": a["auto_pad"]}
+    for key in ("strides", "dilations", "pads"):
+        if a[key] and not (key == "pads" and a["auto_pad"] != "NOTSET"):
+            attrs[key] = list(a[key])
+    return e.emit("Conv", ins, **attrs)
+
+
+register(
+    OpDef(
+        "conv",
+        inputs=("x", "w", "b?"),
+        attrs=(*_WINDOW_ATTRS, Attr("dilations", "ints", ()), Attr("group", "int", 1)),
+        infer=_conv_infer,
+        reference=_conv_ref,
+        onnx=_conv_onnx,
+        doc="N-d cross-correlation, ONNX Conv semantics (x NC*, w O(C/group)*, optional bias b[O])",
+    )
+)
+
+
+# pooling -----------------------------------------------------------------------------------
+def _pool_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    (x,) = types
+    kernel = a["kernel"]
+    nd = len(kernel)
+    if x.rank != nd + 2:
+        raise ShapeError(f"{nd}-d pooling needs a rank-{nd + 2} input [N, C, *spatial], got {x}")
+    _check_window_attrs("pool", nd, a)
+    strides = a["strides"] or (1,) * nd
+    pads = a["pads"] or (0,) * (2 * nd)
+    out = tuple(
+        _window_out(x.shape[2 + i], kernel[i], strides[i], 1, pads[i], pads[nd + i], a["auto_pad"]) for i in range(nd)
+    )
+    return [x.with_shape(x.shape[:2] + out)]
+
+
+def _max_pool_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    win = _windows(xs[0], a["kernel"], a, -np.inf)
+    nd = len(a["kernel"])
+    return [win.max(axis=tuple(range(-nd, 0)))]
+
+
+def _avg_pool_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    # Padding never counts: each window's sum is divided by the number of real elements in it.
+    x = xs[0]
+    nd = len(a["kernel"])
+    axes = tuple(range(-nd, 0))
+    total = _windows(x, a["kernel"], a, 0.0).sum(axis=axes)
+    count = _windows(np.ones((1, 1) + x.shape[2:], x.dtype), a["kernel"], a, 0.0).sum(axis=axes)
+    return [(total / count).astype(x.dtype)]
+
+
+def _pool_onnx(op_type: str):  # type: ignore[no-untyped-def]
+    def lower(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+        attrs: dict[str, Any] = {"kernel_shape": list(a["kernel"]), "auto_pad": a["auto_pad"]}
+        if a["strides"]:
+            attrs["strides"] = list(a["strides"])
+        if a["pads"] and a["auto_pad"] == "NOTSET":
+            attrs["pads"] = list(a["pads"])
+        if op_type == "AveragePool":
+            attrs["count_include_pad"] = 0
+        return e.emit(op_type, ins, **attrs)
+
+    return lower
+
+
+for _name, _ref, _type, _doc in (
+    ("max_pool", _max_pool_ref, "MaxPool", "max over windows, ONNX MaxPool semantics"),
+    ("avg_pool", _avg_pool_ref, "AveragePool", "mean over windows, padding excluded from the count"),
+):
+    register(
+        OpDef(
+            _name,
+            inputs=("x",),
+            attrs=(Attr("kernel", "ints"), *_WINDOW_ATTRS),
+            infer=_pool_infer,
+            reference=_ref,
+            onnx=_pool_onnx(_type),
+            doc=_doc,
+        )
+    )
+
+
+# softmax and reductions --------------------------------------------------------------------
+def _softmax_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    x = xs[0]
+    z = np.exp(x - x.max(axis=a["axis"], keepdims=True))
+    return [(z / z.sum(axis=a["axis"], keepdims=True)).astype(x.dtype)]
+
+
+def _softmax_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    normalize_axis(a["axis"], types[0].rank)
+    if types[0].dtype not in FLOAT_DTYPES:
+        raise ShapeError(f"softmax needs a floating-point input, got {types[0]}")
+    return [types[0]]
+
+
+register(
+    OpDef(
+        "softmax",
+        inputs=("x",),
+        attrs=(Attr("axis", "int", -1),),
+        infer=_softmax_infer,
+        reference=_softmax_ref,
+        onnx=lambda e, ins, a, types: e.emit("Softmax", ins, axis=a["axis"]),
+        doc="y = exp(x) / sum(exp(x)) along `axis`",
+    )
+)
+
+
+def _reduce_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    (x,) = types
+    axes = {normalize_axis(ax, x.rank) for ax in a["axes"]}
+    if a["keepdims"]:
+        shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    else:
+        shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+    return [x.with_shape(shape)]
+
+
+for _name, _fn, _type in (
+    ("reduce_mean", np.mean, "ReduceMean"),
+    ("reduce_sum", np.sum, "ReduceSum"),
+    ("reduce_max", np.max, "ReduceMax"),
+):
+    register(
+        OpDef(
+            _name,
+            inputs=("x",),
+            attrs=(Attr("axes", "ints"), Attr("keepdims", "bool", False)),
+            infer=_reduce_infer,
+            reference=lambda ctx, xs, a, fn=_fn: [
+                np.asarray(fn(xs[0], axis=a["axes"], keepdims=a["keepdims"])).astype(xs[0].dtype)
+            ],
+            onnx=lambda e, ins, a, types, t=_type: e.emit(
+                t, [ins[0], e.const(np.array(a["axes"], np.int64), "axes")], keepdims=int(a["keepdims"])
+            ),
+            doc=f"{_type} over `axes`",
+        )
+    )
+
+
+# dropout -----------------------------------------------------------------------------------
+def _dropout_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    if types[1] != TensorType("bool", ()):
+        raise ShapeError(f"dropout's learning phase must be bool[], got {types[1]}")
+    if not 0.0 <= a["rate"] <= 1.0:
+        raise ShapeError(f"dropout rate must be in [0, 1], got {a['rate']}")
+    return [types[0]]
+
+
+def _dropout_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    x, training = xs
+    if not bool(training) or a["rate"] == 0.0:
+        return [x]
+    if a["rate"] == 1.0:
+        return [np.zeros_like(x)]
+    keep = ctx.rng(a["seed"]).random(x.shape) >= a["rate"]
+    return [(x * keep / (1.0 - a["rate"])).astype(x.dtype)]
+
+
+def _dropout_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    ratio = e.const(np.array(a["rate"], dtype=types[0].dtype), "ratio")
+    return e.emit("Dropout", [ins[0], ratio, ins[1]], seed=a["seed"])
+
+
+register(
+    OpDef(
+        "dropout",
+        inputs=("x", "training"),
+        attrs=(Attr("rate", "float"), Attr("seed", "int", 0)),
+        infer=_dropout_infer,
+        reference=_dropout_ref,
+        onnx=_dropout_onnx,
+        fold_phase=lambda node, training: None if training else node.inputs[0],
+        doc="training: y = x * mask / (1 - rate), mask ~ Bernoulli(1 - rate); inference: y = x",
+    )
+)
+
+
+# batch_norm --------------------------------------------------------------------------------
+def _bn_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    x = types[0]
+    axis = normalize_axis(a["axis"], x.rank)
+    c = x.shape[axis]
+    for name, t in zip(("gamma", "beta", "moving_mean", "moving_variance"), types[1:5], strict=True):
+        if t.rank != 1 or (isinstance(c, int) and t.shape[0] != c) or t.dtype != x.dtype:
+            raise ShapeError(f"batch_norm {name} must be {x.dtype}[{c}], got {t}")
+    if len(types) == 6 and types[5] != TensorType("bool", ()):
+        raise ShapeError(f"batch_norm's learning phase must be bool[], got {types[5]}")
+    return [x]
+
+
+def _bn_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    x, gamma, beta, mean, var = xs[:5]
+    axis = a["axis"] % x.ndim
+    bshape = [1] * x.ndim
+    bshape[axis] = -1
+    if len(xs) == 6 and bool(xs[5]):
+        others = tuple(i for i in range(x.ndim) if i != axis)
+        mean = x.mean(axis=others)
+        var = x.var(axis=others)  # biased, as Keras' ops.moments
+    scale = gamma.reshape(bshape) / np.sqrt(var.reshape(bshape) + a["epsilon"])
+    return [((x - mean.reshape(bshape)) * scale + beta.reshape(bshape)).astype(x.dtype)]
+
+
+def _bn_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    x, gamma, beta, mean, var = ins[:5]
+    rank = types[0].rank
+    axis = a["axis"] % rank
+    dtype = types[0].dtype
+    eps = e.const(np.array(a["epsilon"], dtype), "epsilon")
+
+    def along_axis(name: str) -> str:
+        if axis == rank - 1:
+            return name
+        shape = np.array([-1] + [1] * (rank - 1 - axis), np.int64)
+        return e.emit("Reshape", [name, e.const(shape, "bn_shape")])[0]
+
+    # Inference: y = x * scale + shift with scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
+    scale = e.emit("Div", [gamma, e.emit("Sqrt", [e.emit("Add", [var, eps])[0]])[0]])[0]
+    shift = e.emit("Sub", [beta, e.emit("Mul", [mean, scale])[0]])[0]
+    y_inf = e.emit("Add", [e.emit("Mul", [x, along_axis(scale)])[0], along_axis(shift)])[0]
+    if len(ins) == 5:
+        return [y_inf]
+    # Dynamic phase: batch statistics (biased variance) when training.
+    others = e.const(np.array([i for i in range(rank) if i != axis], np.int64), "bn_axes")
+    mu = e.emit("ReduceMean", [x, others], keepdims=1)[0]
+    centered = e.emit("Sub", [x, mu])[0]
+    bvar = e.emit("ReduceMean", [e.emit("Mul", [centered, centered])[0], others], keepdims=1)[0]
+    inv = e.emit("Div", [along_axis(gamma), e.emit("Sqrt", [e.emit("Add", [bvar, eps])[0]])[0]])[0]
+    y_train = e.emit("Add", [e.emit("Mul", [centered, inv])[0], along_axis(beta)])[0]
+    return e.emit("Where", [ins[5], y_train, y_inf])
+
+
+def _bn_fold_phase(node: Any, training: bool) -> Any:
+    if training:
+        return None
+    from ..ir.graph import Node
+
+    return Node("batch_norm", node.inputs[:5], dict(node.attrs), node.outputs, node.device, node.scope, node.loc)
+
+
+register(
+    OpDef(
+        "batch_norm",
+        inputs=("x", "gamma", "beta", "moving_mean", "moving_variance", "training?"),
+        attrs=(Attr("axis", "int", -1), Attr("epsilon", "float", 1e-3), Attr("momentum", "float", 0.99)),
+        infer=_bn_infer,
+        reference=_bn_ref,
+        onnx=_bn_onnx,
+        fold_phase=_bn_fold_phase,
+        doc=(
+            "y = (x - mean) / sqrt(var + epsilon) * gamma + beta along `axis`; mean/var are the moving "
+            "statistics, or the batch statistics (biased variance) when `training` is given and True"
+        ),
+    )
+)

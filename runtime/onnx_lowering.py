@@ -1,0 +1,157 @@
+"""IR -> ONNX ModelProto.
+
+Every node is lowered by its registry entry's `onnx` rule through an `_Emitter`. The file:
+- opset 21 by default (at most 26, the newest the pinned onnxruntime runs) and IR version 10;
+- graph inputs typed from the IR, symbolic dims as `dim_param` (the batch is "batch");
+- one initializer per Param, named by its scoped path (a shared weight is stored once);
+- each node's device, scope and source location kept in the node's `metadata_props`;
+- passes `onnx.checker.check_model(full_check=True)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from kcompile import __version__
+from kcompile.errors import LoweringError
+from kcompile.ir.graph import Graph, Node
+from kcompile.ir.types import DTYPES, TensorType
+from kcompile.ops.registry import get_op
+
+DEFAULT_OPSET = 21
+MAX_OPSET = 26  # the newest ai.onnx opset onnxruntime 1.31 runs
+MIN_OPSET = 21  # Gelu (20) and the input-axes reductions (18) are used
+IR_VERSION = 10
+
+
+def onnx_dtype(dtype: str) -> int:
+    return int(helper.np_dtype_to_tensor_dtype(DTYPES[dtype]))
+
+
+def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
+    dims: list[Any] = [d if isinstance(d, int) else d for d in t.shape]
+    return helper.make_tensor_value_info(name, onnx_dtype(t.dtype), dims)
+
+
+class _Emitter:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self._names: set[str] = set()
+        self._consts: dict[tuple[str, tuple[int, ...], bytes], str] = {}
+        self._graph_inputs: dict[str, str] = {}
+        self.current: Node | None = None
+        self.hint = "v"
+
+    def fresh(self, hint: str) -> str:
+        name, i = hint, 1
+        while name in self._names:
+            name = f"{hint}_{i}"
+            i += 1
+        self._names.add(name)
+        return name
+
+    def emit(self, op_type: str, inputs: Sequence[str], n_out: int = 1, **attrs: Any) -> list[str]:
+        outs = [self.fresh(self.hint) for _ in range(n_out)]
+        node = helper.make_node(op_type, list(inputs), outs, name=self.fresh(f"{self.hint}/{op_type}"), **attrs)
+        if self.current is not None:
+            meta = {"kcompile.op": self.current.op}
+            if self.current.device:
+                meta["kcompile.device"] = self.current.device
+            if self.current.scope:
+                meta["kcompile.scope"] = self.current.scope
+            if self.current.loc:
+                meta["kcompile.loc"] = str(self.current.loc)
+            for k, v in meta.items():
+                entry = node.metadata_props.add()
+                entry.key, entry.value = k, v
+        self.nodes.append(node)
+        return outs
+
+    def const(self, array: np.ndarray, hint: str = "const") -> str:
+        # Identical small constants are stored once.
+        array = np.asarray(array)
+        key = (str(array.dtype), array.shape, array.tobytes())
+        if key in self._consts:
+            return self._consts[key]
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(array, name))
+        self._consts[key] = name
+        return name
+
+    def initializer(self, name: str, array: np.ndarray) -> str:
+        name = self.fresh(name)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def graph_input(self, name: str, type: TensorType) -> str:
+        if name not in self._graph_inputs:
+            onnx_name = self.fresh(name)
+            self.inputs.append(value_info(onnx_name, type))
+            self._graph_inputs[name] = onnx_name
+        return self._graph_inputs[name]
+
+
+def lower_to_onnx(graph: Graph, opset: int = DEFAULT_OPSET, check: bool = True) -> onnx.ModelProto:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise LoweringError(f"opset {opset} is not supported: choose {MIN_OPSET}..{MAX_OPSET} (onnxruntime runs <= {MAX_OPSET})")
+    e = _Emitter()
+    names: dict[int, str] = {}
+    for v in graph.inputs:
+        names[id(v)] = e.graph_input(v.name, v.type)
+    for p in graph.params:
+        names[id(p)] = e.initializer(p.name, p.data)
+    # Reserve output names so that no intermediate value takes them.
+    out_names = [e.fresh(v.name) for v in graph.outputs]
+    produced_by_node: set[str] = set()
+    for node in graph.nodes:
+        opdef = get_op(node.op)
+        if opdef.onnx is None:
+            raise LoweringError(f"op '{node.op}' has no ONNX lowering", node.loc)
+        e.current, e.hint = node, node.outputs[0].name if node.outputs else node.op
+        try:
+            ins = [names[id(v)] for v in node.inputs]
+        except KeyError:
+            raise LoweringError(f"node {node!r} uses a value that is not defined before it") from None
+        outs = opdef.onnx(e, ins, node.attrs, [v.type for v in node.inputs])
+        for v, name in zip(node.outputs, outs, strict=True):
+            names[id(v)] = name
+    e.current = None
+    for n in e.nodes:
+        produced_by_node.update(n.output)
+    outputs = []
+    renamed: dict[str, str] = {}
+    for v, name in zip(graph.outputs, out_names, strict=True):
+        inner = names[id(v)]
+        if inner in produced_by_node and inner not in renamed:
+            renamed[inner] = name  # the producing node writes the output directly
+        else:
+            e.nodes.append(helper.make_node("Identity", [renamed.get(inner, inner)], [name], name=f"{name}/output"))
+        outputs.append(value_info(name, v.type))
+    for n in e.nodes:
+        n.input[:] = [renamed.get(x, x) for x in n.input]
+        n.output[:] = [renamed.get(x, x) for x in n.output]
+    g = helper.make_graph(e.nodes, graph.name, e.inputs, outputs, e.initializers)
+    model = helper.make_model(
+        g,
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name="kcompile",
+        producer_version=__version__,
+    )
+    model.ir_version = IR_VERSION
+    for k, v in sorted(graph.metadata.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    if check:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except onnx.checker.ValidationError as err:
+            raise LoweringError(f"the ONNX model failed onnx.checker: {err}") from None
+    return model
+
