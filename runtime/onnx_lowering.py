@@ -105,6 +105,8 @@ def lower_to_onnx(graph: Graph, opset: int = DEFAULT_OPSET, check: bool = True) 
     names: dict[int, str] = {}
     for v in graph.inputs:
         names[id(v)] = e.graph_input(v.name, v.type)
+    if graph.learning_phase is not None:
+        e.graph_input("learning_phase", TensorType("bool", ()))  # the name is part of the interface
     for p in graph.params:
         names[id(p)] = e.initializer(p.name, p.data)
     # Reserve output names so that no intermediate value takes them.
