@@ -52,7 +52,8 @@ def report(model: kc.Model, batch: int = 64) -> None:
     devices = sorted({n.device for n in compiled.graph.nodes if n.device})
     print(f"{model.name}: wrote {path}")
     print(f"  output shape {y.shape}, rows sum to 1: {bool(np.allclose(y.sum(axis=1), 1, atol=1e-5))}")
-    print(f"  ONNX nodes {compiled.node_count}, initializers {compiled.initializer_count}, params {compiled.count_params():,}")
+    counts = f"ONNX nodes {compiled.node_count}, initializers {compiled.initializer_count}"
+    print(f"  {counts}, params {compiled.count_params():,}")
     print(f"  devices {', '.join(devices) or '-'}")
     print(f"  latency: batch 1 {one * 1e3:.3f} ms, batch {batch} {latency * 1e3:.3f} ms (onnxruntime, median)")
 

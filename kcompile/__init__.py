@@ -1,10 +1,10 @@
 """kcompile: a compiler from Keras-style models to optimized ONNX and TVM programs.
 
-    import kcompile as kc
-    x = kc.Input(shape=(784,))
-    y = kc.layers.Dense(10, activation="softmax")(x)
-    model = kc.Model(x, y)
-    kc.compile(model).save("model.onnx")
+Example:
+    >>> import kcompile as kc
+    >>> x = kc.Input(shape=(784,))
+    >>> y = kc.layers.Dense(10, activation="softmax")(x)
+    >>> kc.compile(kc.Model(x, y)).save("model.onnx")
 """
 
 __version__ = "0.1.0"

@@ -24,7 +24,9 @@ def _as_list(x: Any, what: str) -> list[KTensor]:
     items = flatten_tensors(x)
     for t in items:
         if not isinstance(t, KTensor):
-            raise ModelError(f"model {what} must be symbolic tensors (from kc.Input or a layer), got {type(t).__name__}")
+            raise ModelError(
+                f"model {what} must be symbolic tensors (from kc.Input or a layer), got {type(t).__name__}"
+            )
     return items
 
 
@@ -51,9 +53,7 @@ class Model(Layer):
         outs = _as_list(outputs, "outputs")
         for t in ins:
             if not isinstance(t._call.layer, InputLayer):
-                raise ModelError(
-                    f"model inputs must come from kc.Input(...); {t.origin()} is the output of a layer"
-                )
+                raise ModelError(f"model inputs must come from kc.Input(...); {t.origin()} is the output of a layer")
         if len({id(t) for t in ins}) != len(ins):
             raise ModelError("the same Input is listed twice among the model inputs")
         input_ids = {id(t) for t in ins}
@@ -87,7 +87,8 @@ class Model(Layer):
         for layer in self.layers:
             if names.setdefault(layer.name, layer) is not layer:
                 raise ModelError(
-                    f'the name "{layer.name}" is used by two layers of model \'{self.name}\'; layer names must be unique'
+                    f"the name \"{layer.name}\" is used by two layers of model '{self.name}'; "
+                    "layer names must be unique"
                 )
 
     # Structure -----------------------------------------------------------------------------
@@ -157,7 +158,7 @@ class Model(Layer):
     def build(self, input_types: list[TensorType]) -> None:
         self._check_built()
 
-    def call(self, b: Builder, inputs: Any, **kwargs: Any) -> list[Value]:
+    def call(self, b: Builder, inputs: Any, /, **kwargs: Any) -> list[Value]:
         """Replay the recorded calls on `inputs` (one Value per model input)."""
         self._check_built()
         values = inputs if isinstance(inputs, list) else [inputs]
@@ -166,7 +167,8 @@ class Model(Layer):
         env: dict[int, Value] = {}
         for t, v in zip(self._inputs, values, strict=True):
             if v.type.rank != t.type.rank or any(
-                isinstance(p, int) and isinstance(q, int) and p != q for p, q in zip(v.type.shape, t.type.shape, strict=True)
+                isinstance(p, int) and isinstance(q, int) and p != q
+                for p, q in zip(v.type.shape, t.type.shape, strict=True)
             ):
                 from .errors import ShapeError
 

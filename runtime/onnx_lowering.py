@@ -34,8 +34,8 @@ def onnx_dtype(dtype: str) -> int:
 
 
 def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
-    dims: list[Any] = [d if isinstance(d, int) else d for d in t.shape]
-    return helper.make_tensor_value_info(name, onnx_dtype(t.dtype), dims)
+    # Symbolic dims become dim_param (named), static ones dim_value.
+    return helper.make_tensor_value_info(name, onnx_dtype(t.dtype), list(t.shape))
 
 
 class _Emitter:
@@ -100,7 +100,9 @@ class _Emitter:
 
 def lower_to_onnx(graph: Graph, opset: int = DEFAULT_OPSET, check: bool = True) -> onnx.ModelProto:
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise LoweringError(f"opset {opset} is not supported: choose {MIN_OPSET}..{MAX_OPSET} (onnxruntime runs <= {MAX_OPSET})")
+        raise LoweringError(
+            f"opset {opset} is not supported: choose {MIN_OPSET}..{MAX_OPSET} (onnxruntime runs <= {MAX_OPSET})"
+        )
     e = _Emitter()
     names: dict[int, str] = {}
     for v in graph.inputs:
@@ -147,13 +149,12 @@ def lower_to_onnx(graph: Graph, opset: int = DEFAULT_OPSET, check: bool = True) 
         producer_version=__version__,
     )
     model.ir_version = IR_VERSION
-    for k, v in sorted(graph.metadata.items()):
+    for key, text in sorted(graph.metadata.items()):
         entry = model.metadata_props.add()
-        entry.key, entry.value = k, v
+        entry.key, entry.value = key, text
     if check:
         try:
             onnx.checker.check_model(model, full_check=True)
         except onnx.checker.ValidationError as err:
             raise LoweringError(f"the ONNX model failed onnx.checker: {err}") from None
     return model
-

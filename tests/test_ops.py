@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+from kcompile.runtime import lower_to_onnx
 
 from kcompile.ir import Builder, Graph, TensorType, run_graph
 from kcompile.ir.graph import Param
 from kcompile.ops import OPS
-from kcompile.runtime import lower_to_onnx
 
 F = "float32"
 
@@ -82,7 +82,10 @@ CASES: dict[str, list[Case]] = {
         Case([T("batch", 12)], {"shape": (0, 3, -1)}),
         Case([T("batch", 2, 6)], {"shape": (0, 3, 4)}),
     ],
-    "concat": [Case([T("batch", 2), T("batch", 3), T("batch", 1)], {"axis": -1}), Case([T("batch", 2, 2)] * 2, {"axis": 1})],
+    "concat": [
+        Case([T("batch", 2), T("batch", 3), T("batch", 1)], {"axis": -1}),
+        Case([T("batch", 2, 2)] * 2, {"axis": 1}),
+    ],
     "gather": [
         Case([T("batch", 5, dtype="int64")], {"axis": 0}, draw=ints(10), params=[np.ones((10, 3))]),
         Case([T("batch", dtype="int32")], {"axis": 0}, draw=ints(4), params=[np.ones((4, 2, 2))]),
@@ -106,7 +109,10 @@ CASES: dict[str, list[Case]] = {
         Case([T("batch", 2, 10)], {"kernel": (3,), "strides": (3,), "auto_pad": "VALID"}),
     ],
     "softmax": [Case([T("batch", 7)], {"axis": -1}), Case([T("batch", 3, 4)], {"axis": 1})],
-    "reduce_mean": [Case([T("batch", 4, 5)], {"axes": (1, 2)}), Case([T("batch", 4, 5)], {"axes": (1,), "keepdims": True})],
+    "reduce_mean": [
+        Case([T("batch", 4, 5)], {"axes": (1, 2)}),
+        Case([T("batch", 4, 5)], {"axes": (1,), "keepdims": True}),
+    ],
     "reduce_sum": [Case([T("batch", 4, 5)], {"axes": (2,)})],
     "reduce_max": [Case([T("batch", 4, 5)], {"axes": (1,)})],
     "dropout": [
@@ -135,7 +141,9 @@ def test_every_op_has_a_complete_entry() -> None:
 
 
 def test_every_op_has_differential_cases() -> None:
-    assert set(CASES) == set(OPS), f"ops without cases: {set(OPS) - set(CASES)}; cases of unknown ops: {set(CASES) - set(OPS)}"
+    assert set(CASES) == set(OPS), (
+        f"ops without cases: {set(OPS) - set(CASES)}; cases of unknown ops: {set(CASES) - set(OPS)}"
+    )
 
 
 def _build(name: str, case: Case, rng: np.random.Generator) -> tuple[Graph, list[TensorType]]:
@@ -180,7 +188,7 @@ def _draw(case: Case, t: TensorType, batch: int, rng: np.random.Generator) -> np
 def test_reference_matches_onnxruntime(name: str, index: int) -> None:
     case = CASES[name][index]
     rng = np.random.default_rng(index + 7)
-    graph, in_types = _build(name, case, rng)
+    graph, _ = _build(name, case, rng)
     model = lower_to_onnx(graph)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     onnx_inputs = [i.name for i in session.get_inputs()]

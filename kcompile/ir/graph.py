@@ -24,7 +24,7 @@ from .types import TensorType, dtype_of
 class Value:
     """An SSA edge: a typed tensor produced once and used by any number of nodes."""
 
-    __slots__ = ("name", "type", "producer")
+    __slots__ = ("name", "producer", "type")
 
     def __init__(self, name: str, type: TensorType, producer: Node | None = None) -> None:
         self.name = name
@@ -38,7 +38,7 @@ class Value:
 class Param(Value):
     """A named weight. Several nodes referencing one Param share that weight."""
 
-    __slots__ = ("data", "trainable", "initializer")
+    __slots__ = ("data", "initializer", "trainable")
 
     def __init__(self, name: str, data: np.ndarray, trainable: bool = True, initializer: str = "") -> None:
         super().__init__(name, TensorType(dtype_of(data), tuple(int(d) for d in data.shape)))

@@ -48,9 +48,7 @@ def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
     return out
 
 
-def run_graph(
-    graph: Graph, feeds: Mapping[str, np.ndarray], training: bool = False, seed: int = 0
-) -> list[np.ndarray]:
+def run_graph(graph: Graph, feeds: Mapping[str, np.ndarray], training: bool = False, seed: int = 0) -> list[np.ndarray]:
     ctx = _Context(training, seed)
     env: dict[int, np.ndarray] = {}
     checked = check_feeds(graph, feeds)

@@ -113,7 +113,7 @@ def from_json(text: str) -> Graph:
             env[v.name] = v
         for d in doc["params"]:
             t = _dec_type(d)
-            data = _dec_array(d["value"]) if "value" in d else np.zeros(t.shape, DTYPES[t.dtype])
+            data = _dec_array(d["value"]) if "value" in d else np.zeros(tuple(int(d) for d in t.shape), DTYPES[t.dtype])
             p = Param(d["name"], data, bool(d["trainable"]), d.get("initializer", ""))
             graph.add_param(p)
             env[p.name] = p
@@ -121,7 +121,9 @@ def from_json(text: str) -> Graph:
             get_op(d["op"])
             loc = SourceLoc(*d["loc"]) if d.get("loc") else None
             attrs = {k: _dec_attr(v) for k, v in d["attrs"].items()}
-            node = Node(d["op"], [env[name] for name in d["inputs"]], attrs, [], d.get("device"), d.get("scope", ""), loc)
+            node = Node(
+                d["op"], [env[name] for name in d["inputs"]], attrs, [], d.get("device"), d.get("scope", ""), loc
+            )
             for o in d["outputs"]:
                 v = Value(o["name"], _dec_type(o), node)
                 node.outputs.append(v)

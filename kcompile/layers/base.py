@@ -104,8 +104,10 @@ def unique_name(base: str) -> str:
 
 
 def snake_case(name: str) -> str:
-    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s).lower()
+    """Keras' `to_snake_case`: Conv2D -> conv2d, BatchNormalization -> batch_normalization."""
+    s = re.sub(r"\W+", "", name)
+    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", s)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
 
 
 def _caller_loc() -> SourceLoc | None:
@@ -230,7 +232,9 @@ class Layer:
     # True for layers that take a list of tensors (merging layers).
     takes_list = False
 
-    def __init__(self, name: str | None = None, trainable: bool = True, dtype: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, name: str | None = None, trainable: bool = True, dtype: str | None = None, **kwargs: Any
+    ) -> None:
         input_shape = kwargs.pop("input_shape", None)
         batch_size = kwargs.pop("batch_size", None)
         kwargs.pop("input_dim", None)
@@ -311,7 +315,7 @@ class Layer:
     def build(self, input_types: list[TensorType]) -> None:
         """Create weights for inputs of these types. Layers without weights keep this no-op."""
 
-    def call(self, b: Builder, inputs: Any, **kwargs: Any) -> Value | list[Value]:
+    def call(self, b: Builder, inputs: Any, /, **kwargs: Any) -> Value | list[Value]:
         raise NotImplementedError
 
     def emit(self, b: Builder, inputs: list[Value], kwargs: dict[str, Any]) -> list[Value]:
@@ -362,7 +366,6 @@ class Layer:
         shapes = {tuple(str(o.type) for o in c.outputs) for c in self._calls}
         if len(shapes) != 1:
             return "multiple" if shapes else "?"
-        (outs,) = shapes
         texts = [_keras_shape(o.type.shape) for o in self._calls[0].outputs]
         return texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
 
@@ -414,7 +417,7 @@ class InputLayer(Layer):
         self._calls.append(call)
         self.output = call.outputs[0]
 
-    def call(self, b: Builder, inputs: Any, **kwargs: Any) -> Value:
+    def call(self, b: Builder, inputs: Any, /, **kwargs: Any) -> Value:
         raise ModelError(f"InputLayer '{self.name}' cannot be called")
 
 

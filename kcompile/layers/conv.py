@@ -90,7 +90,9 @@ class _Conv(Layer):
     def build(self, input_types: list[TensorType]) -> None:
         (t,) = input_types
         if t.rank != self.rank + 2:
-            raise ShapeError(f"expects a rank-{self.rank + 2} input (batch, {self.rank} spatial dims, channels), got {t}")
+            raise ShapeError(
+                f"expects a rank-{self.rank + 2} input (batch, {self.rank} spatial dims, channels), got {t}"
+            )
         c = t.shape[-1] if self.channels_last else t.shape[1]
         if not isinstance(c, int):
             raise ShapeError(f"needs a known number of input channels, got {t}")
@@ -100,7 +102,7 @@ class _Conv(Layer):
         self.kernel = self.add_weight("kernel", shape, self.kernel_initializer)
         self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer) if self.use_bias else None
 
-    def call(self, b: Builder, x: Value, **kwargs: Any) -> Value:
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
         n = self.rank
         if x.type.rank != n + 2:
             raise ShapeError(f"expects a rank-{n + 2} input, got {x.type}")
@@ -157,7 +159,7 @@ class _Pool(Layer):
         self.padding = padding
         self.channels_last = _data_format(data_format)
 
-    def call(self, b: Builder, x: Value, **kwargs: Any) -> Value:
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
         if x.type.rank != self.rank + 2:
             raise ShapeError(f"expects a rank-{self.rank + 2} input, got {x.type}")
         xc = to_channels_first(b, x) if self.channels_last else x
@@ -198,7 +200,7 @@ class _GlobalPool(Layer):
         self.channels_last = _data_format(data_format)
         self.keepdims = bool(keepdims)
 
-    def call(self, b: Builder, x: Value, **kwargs: Any) -> Value:
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
         if x.type.rank != self.rank + 2:
             raise ShapeError(f"expects a rank-{self.rank + 2} input, got {x.type}")
         axes = tuple(range(1, self.rank + 1)) if self.channels_last else tuple(range(2, self.rank + 2))

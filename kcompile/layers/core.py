@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ModelError, ShapeError
+from ..initializers import rng
 from ..ir.builder import Builder
 from ..ir.graph import Value
 from ..ir.types import INT_DTYPES, TensorType
-from ..initializers import rng
 from .activations import apply_activation, get_activation
 from .base import Layer
 
@@ -48,10 +48,12 @@ class Dense(Layer):
         self.kernel = self.add_weight("kernel", (t.shape[-1], self.units), self.kernel_initializer)
         self.bias = self.add_weight("bias", (self.units,), self.bias_initializer) if self.use_bias else None
 
-    def call(self, b: Builder, x: Value, **kwargs: Any) -> Value:
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
         want = self.kernel.type.shape[0]
         if x.type.shape[-1] != want:
-            raise ShapeError(f"expects inputs whose last dimension is {want} (its kernel is {self.kernel.type}), got {x.type}")
+            raise ShapeError(
+                f"expects inputs whose last dimension is {want} (its kernel is {self.kernel.type}), got {x.type}"
+            )
         y = b.op("matmul", [x, self.kernel])
         if self.bias is not None:
             y = b.op("add", [y, self.bias])
@@ -64,7 +66,7 @@ class Activation(Layer):
         self.activation = activation
         self._act = get_activation(activation)
 
-    def call(self, b: Builder, x: Value, **kwargs: Any) -> Value:
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
         return apply_activation(b, x, self._act)
 
 
@@ -80,12 +82,12 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.seed = int(seed) if seed is not None else int(rng().integers(0, 2**31 - 1))
 
-    def call(self, b: Builder, x: Value, **kwargs: Any) -> Value:
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
         return b.op("dropout", [x, b.learning_phase()], rate=self.rate, seed=self.seed)
 
 
 class Flatten(Layer):
-    def call(self, b: Builder, x: Value, **kwargs: Any) -> Value:
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
         if x.type.rank == 1:
             return b.op("reshape", [x], shape=(-1, 1))
         return b.op("reshape", [x], shape=(0, -1))
@@ -103,7 +105,7 @@ class Reshape(Layer):
             raise ModelError(f"Reshape target_shape may hold one -1, got {target_shape!r}")
         self.target_shape = target
 
-    def call(self, b: Builder, x: Value, **kwargs: Any) -> Value:
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
         return b.op("reshape", [x], shape=(0, *self.target_shape))
 
 
@@ -123,7 +125,7 @@ class Embedding(Layer):
     def build(self, input_types: list[TensorType]) -> None:
         self.embeddings = self.add_weight("embeddings", (self.input_dim, self.output_dim), self.embeddings_initializer)
 
-    def call(self, b: Builder, x: Value, **kwargs: Any) -> Value:
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
         if x.type.dtype not in INT_DTYPES:
             x = b.op("cast", [x], to="int64")
         return b.op("gather", [self.embeddings, x], axis=0)

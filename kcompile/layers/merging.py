@@ -46,7 +46,7 @@ class Elementwise(Layer):
         self._operands = [None if isinstance(x, KTensor) else np.asarray(x) for x in operands]
         return tensors
 
-    def call(self, b: Builder, inputs: list[Value], **kwargs: Any) -> Value:
+    def call(self, b: Builder, inputs: list[Value], /, **kwargs: Any) -> Value:
         it = iter(inputs)
         dtype = inputs[0].type.dtype
         args = [next(it) if c is None else b.constant(np.asarray(c, dtype)) for c in self._operands]
@@ -59,10 +59,12 @@ class _Merge(Layer):
 
     def _coerce_inputs(self, inputs: Any) -> list[KTensor]:
         if not isinstance(inputs, list | tuple) or len(flatten_tensors(inputs)) < 2:
-            raise ModelError(f"{type(self).__name__} layer '{self.name}' must be called on a list of at least 2 tensors")
+            raise ModelError(
+                f"{type(self).__name__} layer '{self.name}' must be called on a list of at least 2 tensors"
+            )
         return super()._coerce_inputs(inputs)
 
-    def call(self, b: Builder, inputs: list[Value], **kwargs: Any) -> Value:
+    def call(self, b: Builder, inputs: list[Value], /, **kwargs: Any) -> Value:
         y = inputs[0]
         for x in inputs[1:]:
             y = b.op(self.op, [y, x])
@@ -98,7 +100,7 @@ class Minimum(_Merge):
 class Average(_Merge):
     op = "add"
 
-    def call(self, b: Builder, inputs: list[Value], **kwargs: Any) -> Value:
+    def call(self, b: Builder, inputs: list[Value], /, **kwargs: Any) -> Value:
         total = super().call(b, inputs)
         return b.op("mul", [total, b.constant(np.asarray(1.0 / len(inputs), total.type.dtype))])
 
@@ -108,7 +110,7 @@ class Concatenate(_Merge):
         super().__init__(**kwargs)
         self.axis = axis
 
-    def call(self, b: Builder, inputs: list[Value], **kwargs: Any) -> Value:
+    def call(self, b: Builder, inputs: list[Value], /, **kwargs: Any) -> Value:
         return b.op("concat", inputs, axis=self.axis)
 
 

@@ -56,7 +56,7 @@ class BatchNormalization(Layer):
         self.moving_mean = self.add_weight("moving_mean", (c,), m, trainable=False)
         self.moving_variance = self.add_weight("moving_variance", (c,), v, trainable=False)
 
-    def call(self, b: Builder, x: Value, **kwargs: Any) -> Value:
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
         c = self.moving_mean.type.shape[0]
         axis = normalize_axis(self.axis, x.type.rank, "BatchNormalization axis")
         if x.type.shape[axis] != c:

@@ -129,9 +129,9 @@ unary(
 unary(
     "clip",
     lambda x, lo, hi: np.clip(x, lo, hi),
-    lambda e, x, a: e.emit(
-        "Clip", [x, e.const(np.array(a["lo"], np.float32)), e.const(np.array(a["hi"], np.float32))]
-    )[0],
+    lambda e, x, a: e.emit("Clip", [x, e.const(np.array(a["lo"], np.float32)), e.const(np.array(a["hi"], np.float32))])[
+        0
+    ],
     attrs=(Attr("lo", "float"), Attr("hi", "float")),
     doc="y = min(max(x, lo), hi) (float32 bounds)",
 )

@@ -9,13 +9,14 @@ channels-last layers reach them through explicit transposes that the layout pass
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..errors import ShapeError
 from ..ir.types import FLOAT_DTYPES, Dim, TensorType, broadcast_shapes, fresh_dim, normalize_axis
-from .registry import Attr, OnnxEmitter, OpDef, RefContext, register
+from .registry import Attr, OnnxEmitter, OnnxLowering, OpDef, RefContext, register
 
 AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER")
 
@@ -93,8 +94,10 @@ def _windows(x: np.ndarray, kernel: tuple[int, ...], a: dict[str, Any], fill: fl
     span = tuple((k - 1) * d + 1 for k, d in zip(kernel, dil, strict=True))
     axes = tuple(range(2, 2 + nd))
     v = np.lib.stride_tricks.sliding_window_view(xp, span, axis=axes)
-    index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides) + tuple(
-        slice(None, None, d) for d in dil
+    index = (
+        (slice(None), slice(None))
+        + tuple(slice(None, None, s) for s in strides)
+        + tuple(slice(None, None, d) for d in dil)
     )
     return v[index]
 
@@ -207,7 +210,7 @@ def _avg_pool_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> l
     return [(total / count).astype(x.dtype)]
 
 
-def _pool_onnx(op_type: str):  # type: ignore[no-untyped-def]
+def _pool_onnx(op_type: str) -> OnnxLowering:
     def lower(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
         attrs: dict[str, Any] = {"kernel_shape": list(a["kernel"]), "auto_pad": a["auto_pad"]}
         if a["strides"]:
@@ -275,26 +278,30 @@ def _reduce_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType
     return [x.with_shape(shape)]
 
 
-for _name, _fn, _type in (
-    ("reduce_mean", np.mean, "ReduceMean"),
-    ("reduce_sum", np.sum, "ReduceSum"),
-    ("reduce_max", np.max, "ReduceMax"),
-):
-    register(
+def reduction(name: str, fn: Callable[..., Any], onnx_type: str) -> OpDef:
+    def reference(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+        return [np.asarray(fn(xs[0], axis=a["axes"], keepdims=a["keepdims"])).astype(xs[0].dtype)]
+
+    def lower(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+        axes = e.const(np.array(a["axes"], np.int64), "axes")
+        return e.emit(onnx_type, [ins[0], axes], keepdims=int(a["keepdims"]))
+
+    return register(
         OpDef(
-            _name,
+            name,
             inputs=("x",),
             attrs=(Attr("axes", "ints"), Attr("keepdims", "bool", False)),
             infer=_reduce_infer,
-            reference=lambda ctx, xs, a, fn=_fn: [
-                np.asarray(fn(xs[0], axis=a["axes"], keepdims=a["keepdims"])).astype(xs[0].dtype)
-            ],
-            onnx=lambda e, ins, a, types, t=_type: e.emit(
-                t, [ins[0], e.const(np.array(a["axes"], np.int64), "axes")], keepdims=int(a["keepdims"])
-            ),
-            doc=f"{_type} over `axes`",
+            reference=reference,
+            onnx=lower,
+            doc=f"{onnx_type} over `axes`",
         )
     )
+
+
+reduction("reduce_mean", np.mean, "ReduceMean")
+reduction("reduce_sum", np.sum, "ReduceSum")
+reduction("reduce_max", np.max, "ReduceMax")
 
 
 # dropout -----------------------------------------------------------------------------------

@@ -16,6 +16,15 @@ from ..ir.types import INT_DTYPES, Dim, TensorType, dtype_of, fresh_dim, normali
 from .registry import Attr, OnnxEmitter, OpDef, RefContext, register
 
 
+def _prod(dims: list[Dim]) -> int:
+    n = 1
+    for d in dims:
+        assert isinstance(d, int)
+        n *= d
+    return n
+
+
+
 # transpose ---------------------------------------------------------------------------------
 def _transpose_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
     (x,) = types
@@ -57,7 +66,7 @@ def reshape_dims(in_shape: tuple[Dim, ...], spec: tuple[int, ...]) -> tuple[Dim,
         known_in = [d for i, d in enumerate(in_shape) if not (i < len(spec) and spec[i] == 0)]
         known_out = [d for i, d in enumerate(out) if spec[i] != 0]
         if all(isinstance(d, int) for d in known_in + known_out):
-            if int(np.prod(known_in, dtype=np.int64)) != int(np.prod(known_out, dtype=np.int64)):
+            if _prod(known_in) != _prod(known_out):
                 raise ShapeError(f"cannot reshape {_fmt(in_shape)} to {_fmt(tuple(out))}")
         return tuple(out)
     # One -1: divide what the input holds by what the other output dims hold, cancelling the
@@ -70,8 +79,7 @@ def reshape_dims(in_shape: tuple[Dim, ...], spec: tuple[int, ...]) -> tuple[Dim,
             rest_in.remove(d)
             rest_out.remove(d)
     if all(isinstance(d, int) for d in rest_in + rest_out):
-        num = int(np.prod(rest_in, dtype=np.int64))
-        den = int(np.prod(rest_out, dtype=np.int64))
+        num, den = _prod(rest_in), _prod(rest_out)
         if den == 0 or num % den:
             raise ShapeError(f"cannot reshape {_fmt(in_shape)} to {_fmt(tuple(out))}")
         inferred: Dim = num // den
@@ -113,9 +121,7 @@ def _concat_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType
             raise ShapeError(f"cannot concatenate {first} with {t}")
         for i, (p, q) in enumerate(zip(first.shape, t.shape, strict=True)):
             if i != axis and p != q and isinstance(p, int) and isinstance(q, int):
-                raise ShapeError(
-                    f"cannot concatenate {first} with {t} on axis {a['axis']}: dimension {i} differs"
-                )
+                raise ShapeError(f"cannot concatenate {first} with {t} on axis {a['axis']}: dimension {i} differs")
         d = t.shape[axis]
         total = total + d if isinstance(total, int) and isinstance(d, int) else fresh_dim()
     shape = list(first.shape)
