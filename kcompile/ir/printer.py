@@ -1,9 +1,10 @@
-"""The readable text form of a graph (`kcompile ... --emit ir`).
+"""The readable text form of a graph (`kcompile ... --emit ir`), one line per param and node:
 
-graph mnist(%img: float32[None, 784]) -> (%dense_2/softmax) {
-  param @dense/kernel: float32[784, 128]            # trainable, 100352 values
-  %dense/matmul = matmul(%img, @dense/kernel)       # scope dense, device gpu:0, at m.py:4
+graph mnist(%img: float32[None, 784]) -> (%dense_2) {
+  param @dense/kernel: float32[784, 128]  # trainable, 100352 values
+  %dense/matmul: float32[None, 128] = matmul(%img, @dense/kernel)  # device gpu:0, at m.py:4
   ...
+  return %dense_2
 }
 """
 
