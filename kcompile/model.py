@@ -18,6 +18,7 @@ from .ir.builder import Builder
 from .ir.graph import Graph, Param, Value
 from .ir.types import TensorType
 from .layers.base import InputLayer, KTensor, Layer, LayerCall, flatten_tensors, unique_name
+from .training.mixin import TrainingMixin
 
 
 def _as_list(x: Any, what: str) -> list[KTensor]:
@@ -30,7 +31,7 @@ def _as_list(x: Any, what: str) -> list[KTensor]:
     return items
 
 
-class Model(Layer):
+class Model(TrainingMixin, Layer):
     """A functional model: `Model(inputs, outputs)`; callable like a layer (weights reused)."""
 
     takes_list = True

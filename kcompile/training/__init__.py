@@ -1,0 +1,1 @@
+"""Training: autodiff-built step graphs, Keras-exact optimizers, losses, metrics, fit/evaluate."""
