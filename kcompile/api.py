@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import KCompileError, ModelError
 
 if TYPE_CHECKING:
+    from kcompile.passes import PassManager
     from kcompile.runtime.executor import CompiledModel
 
     from .ir.graph import Graph
@@ -22,20 +23,39 @@ def _phase(value: Any) -> str:
     return text
 
 
-def optimize(graph: Graph, learning_phase: Any = 0) -> Graph:
-    """Run the inference pipeline: fold the learning phase (unless dynamic), drop dead code."""
-    from kcompile.passes import DeadCodeEliminationPass, FoldLearningPhasePass, PassManager
+def optimize(
+    graph: Graph,
+    learning_phase: Any = 0,
+    level: int = 2,
+    passes: list[str] | None = None,
+    manager: PassManager | None = None,
+) -> Graph:
+    """Run the inference pipeline of `level` (or exactly `passes`) on `graph`.
 
-    phase = _phase(learning_phase)
-    passes = [] if phase == "dynamic" else [FoldLearningPhasePass(training=phase == "1")]
-    return PassManager([*passes, DeadCodeEliminationPass()]).run(graph)
+    `manager`, when given, is a PassManager whose options (print_after, ...) are used and whose
+    records and explanations the caller reads afterwards.
+    """
+    from kcompile.passes import PassManager, pipeline
+
+    pm = manager if manager is not None else PassManager([])
+    pm.passes = pipeline(level, _phase(learning_phase), passes)
+    return pm.run(graph)
 
 
-def compile(model: Any, learning_phase: Any = 0, opset: int | None = None, threads: int = 0) -> CompiledModel:
+def compile(
+    model: Any,
+    learning_phase: Any = 0,
+    opset: int | None = None,
+    threads: int = 0,
+    level: int = 2,
+    passes: list[str] | None = None,
+    manager: PassManager | None = None,
+) -> CompiledModel:
     """Compile a model for inference to ONNX run by onnxruntime.
 
     `learning_phase`: 0 (inference, the default: Dropout is the identity, BatchNormalization uses
     its moving statistics), 1 (training behaviour), or "dynamic" (a bool `learning_phase` input).
+    `level`: the optimisation level 0..3 (default 2); `passes`: an explicit pass list instead.
     """
     from kcompile.runtime import DEFAULT_OPSET, CompiledModel, lower_to_onnx
 
@@ -44,7 +64,7 @@ def compile(model: Any, learning_phase: Any = 0, opset: int | None = None, threa
     if not isinstance(model, Model):
         raise ModelError(f"kc.compile takes a kc.Model or kc.Sequential, got {type(model).__name__}")
     start = time.perf_counter()
-    graph = optimize(model.to_graph(), learning_phase)
+    graph = optimize(model.to_graph(), learning_phase, level, passes, manager)
     compiled = CompiledModel(graph, lower_to_onnx(graph, opset or DEFAULT_OPSET), threads)
     compiled.compile_seconds = time.perf_counter() - start
     return compiled

@@ -36,7 +36,7 @@ def randomize(model: kc.Model, seed: int = 0) -> None:
 def test_file_versions_checker_and_dynamic_batch(tmp_path: os.PathLike[str]) -> None:
     model = cnn()
     path = os.path.join(tmp_path, "cnn.onnx")
-    kc.compile(model).save(path)
+    kc.compile(model, level=0).save(path)
     proto = onnx.load(path)
     onnx.checker.check_model(proto, full_check=True)
     assert proto.ir_version == 10
@@ -51,6 +51,25 @@ def test_file_versions_checker_and_dynamic_batch(tmp_path: os.PathLike[str]) -> 
     # Inference export: no Dropout, no learning-phase input.
     assert "Dropout" not in {n.op_type for n in proto.graph.node}
     assert len(proto.graph.input) == 1
+
+
+def test_o2_folds_batchnorm_and_keeps_weight_names() -> None:
+    x = kc.Input(shape=(10, 10, 2), name="img")
+    with kc.name_scope("features"):
+        h = layers.Conv2D(4, 3, padding="same")(x)
+        h = layers.Activation("relu")(layers.BatchNormalization()(h))
+    model = kc.Model(x, layers.Dense(3)(layers.Flatten()(h)))
+    randomize(model)
+    proto = kc.compile(model, level=2).onnx_model
+    onnx.checker.check_model(proto, full_check=True)
+    ops = [n.op_type for n in proto.graph.node]
+    assert "Dropout" not in ops and "BatchNormalization" not in ops
+    # The BatchNorm's scale and shift live in the conv weights now.
+    inits = {i.name for i in proto.graph.initializer}
+    assert "features/conv2d/kernel" in inits and not any("batch_normalization" in n for n in inits)
+    xs = np.random.default_rng(0).random((3, 10, 10, 2), dtype=np.float32)
+    (ref,) = run_graph(kc.optimize(model.to_graph(), level=0), {"img": xs})
+    np.testing.assert_allclose(kc.compile(model, level=2)(xs), ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("opset", [21, 23, 26])

@@ -76,6 +76,10 @@ CASES: dict[str, list[Case]] = {
     "minimum": [Case([T("batch", 3), T("batch", 3)])],
     "where": [Case([T("batch", 3, dtype="bool"), T("batch", 3), T(3)], draw=None)],
     "matmul": [Case([T("batch", 6)], params=[np.ones((6, 4))]), Case([T("batch", 3, 5), T("batch", 5, 2)])],
+    "gemm": [
+        Case([T("batch", 6)], params=[np.ones((6, 4)), np.ones(4)]),
+        Case([T("batch", 3)], params=[np.ones((3, 2)), np.ones((1, 2))]),
+    ],
     "transpose": [Case([T("batch", 2, 3, 4)], {"perm": (0, 3, 1, 2)})],
     "reshape": [
         Case([T("batch", 4, 6)], {"shape": (0, -1)}),
@@ -95,6 +99,7 @@ CASES: dict[str, list[Case]] = {
     "conv": [
         Case([T("batch", 3, 9, 8)], {"auto_pad": "SAME_UPPER", "strides": (2, 2)}, params=[np.ones((4, 3, 3, 3))]),
         Case([T("batch", 2, 10)], {"auto_pad": "VALID", "dilations": (2,)}, params=[np.ones((3, 2, 3))]),
+        Case([T("batch", 2, 9, 8)], {"auto_pad": "SAME_UPPER", "dilations": (2, 3)}, params=[np.ones((3, 2, 3, 2))]),
         Case([T("batch", 4, 7, 7)], {"auto_pad": "SAME_UPPER", "group": 2}, params=[np.ones((6, 2, 3, 3))]),
         Case([T("batch", 2, 8)], {"pads": (2, 0)}, params=[np.ones((3, 2, 3)), np.ones(3)]),
         Case([T("batch", 2, 4, 5, 6)], {"auto_pad": "VALID", "strides": (1, 2, 2)}, params=[np.ones((2, 2, 2, 2, 2))]),

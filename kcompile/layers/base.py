@@ -139,6 +139,9 @@ class LayerCall:
 class KTensor:
     """A symbolic tensor: the output of `Input(...)` or of a layer called on symbolic tensors."""
 
+    # NumPy defers to KTensor's reflected operators (`np.array([...]) - t` records a layer).
+    __array_ufunc__ = None
+
     def __init__(self, type: TensorType, call: LayerCall, index: int = 0) -> None:
         self.type = type
         self._call = call

@@ -63,6 +63,7 @@ def unary(
             reference=reference,
             onnx=lower,
             doc=doc,
+            elementwise=True,
         )
     )
 
@@ -156,6 +157,7 @@ register(
         reference=lambda ctx, xs, a: [xs[0].astype(a["to"])],
         onnx=_cast_onnx,
         doc="y = x converted to dtype `to`",
+        elementwise=True,
     )
 )
 
@@ -181,6 +183,7 @@ def binary(name: str, ref: Callable[[np.ndarray, np.ndarray], np.ndarray], onnx_
             reference=lambda ctx, xs, a: [np.asarray(ref(xs[0], xs[1])).astype(xs[0].dtype, copy=False)],
             onnx=lambda e, ins, a, types: e.emit(onnx_type, ins),
             doc=doc,
+            elementwise=True,
         )
     )
 
@@ -210,5 +213,6 @@ register(
         reference=lambda ctx, xs, a: [np.where(xs[0], xs[1], xs[2]).astype(xs[1].dtype, copy=False)],
         onnx=lambda e, ins, a, types: e.emit("Where", ins),
         doc="y = a where cond else b (broadcasting)",
+        elementwise=True,
     )
 )

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import LoweringError, ShapeError
 from ..ir.types import FLOAT_DTYPES, Dim, TensorType, broadcast_shapes, fresh_dim, normalize_axis
 from .registry import Attr, OnnxEmitter, OnnxLowering, OpDef, RefContext, register
 
@@ -43,6 +43,32 @@ register(
         reference=lambda ctx, xs, a: [np.matmul(xs[0], xs[1])],
         onnx=lambda e, ins, a, types: e.emit("MatMul", ins),
         doc="y = a @ b with NumPy batch broadcasting (Dense: x[..., in] @ kernel[in, out])",
+    )
+)
+
+
+def _gemm_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    x, w, c = types
+    if x.rank != 2 or w.rank != 2:
+        raise ShapeError(f"gemm needs rank-2 operands, got {x} and {w}")
+    (y,) = _matmul_infer([x, w], a)
+    try:
+        shape = broadcast_shapes(y.shape, c.shape)
+    except ShapeError:
+        raise ShapeError(f"gemm bias {c} does not broadcast to {y}") from None
+    if shape != y.shape or c.dtype != y.dtype:
+        raise ShapeError(f"gemm bias {c} does not broadcast to {y}")
+    return [y]
+
+
+register(
+    OpDef(
+        "gemm",
+        inputs=("a", "b", "c"),
+        infer=_gemm_infer,
+        reference=lambda ctx, xs, a: [(np.matmul(xs[0], xs[1]) + xs[2]).astype(xs[0].dtype)],
+        onnx=lambda e, ins, a, types: e.emit("Gemm", ins),
+        doc="y = a @ b + c for rank-2 a, b (a Dense layer in one ONNX Gemm)",
     )
 )
 
@@ -162,6 +188,13 @@ def _conv_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[Te
     for key in ("strides", "dilations", "pads"):
         if a[key] and not (key == "pads" and a["auto_pad"] != "NOTSET"):
             attrs[key] = list(a[key])
+    if a["auto_pad"] == "SAME_UPPER" and any(d > 1 for d in a["dilations"]):
+        # onnxruntime rejects SAME_UPPER with dilation: spell the same padding out explicitly.
+        spatial, kernel = types[0].shape[2:], types[1].shape[2:]
+        if not all(isinstance(d, int) for d in (*spatial, *kernel)):
+            raise LoweringError("a dilated 'same' convolution needs static spatial sizes for ONNX")
+        pads = _pads(tuple(int(d) for d in spatial), tuple(int(k) for k in kernel), a)
+        attrs.update(auto_pad="NOTSET", pads=[p[0] for p in pads] + [p[1] for p in pads])
     return e.emit("Conv", ins, **attrs)
 
 

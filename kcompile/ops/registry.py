@@ -8,6 +8,8 @@ An entry (`OpDef`) carries
 - `onnx`: the lowering to ONNX nodes (through an `OnnxEmitter`);
 - `relax`: the lowering to TVM Relax (filled by the TVM back end);
 - `grad`: the reverse-mode gradient rule (filled by the autodiff pass);
+- `elementwise`: the op acts position by position (so layout rewrites may move transposes
+  across it);
 - `fold_phase`, for ops that read the learning phase: what the op becomes when the phase is a
   known constant (`Dropout(x) -> x` when training is False).
 
@@ -84,6 +86,8 @@ class OpDef:
     grad: Callable[..., Any] | None = None
     fold_phase: Callable[..., Any] | None = None
     variadic: bool = False  # the last input repeats (concat)
+    # Applies independently at each position (after broadcasting): commutes with transposes.
+    elementwise: bool = False
     doc: str = ""
     num_outputs: int = 1
     extra: dict[str, Any] = field(default_factory=dict)

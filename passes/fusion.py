@@ -1,0 +1,227 @@
+"""FusionPass: fold inference-time affine arithmetic into the weights of the op before it.
+
+    batch_norm(x, g, b, mean, var)       -> x * s + t        s = g / sqrt(var + eps), t = b - mean * s
+    mul(conv(x, w[, c]), s)              -> conv(x, w * s, c * s)        s per output channel
+    add(conv(x, w[, c]), t)              -> conv(x, w, c + t)            t per output channel
+    mul(matmul(x, W), s)                 -> matmul(x, W * s)             s per output column
+    matmul(mul(x, s), W)                 -> matmul(x, s[:, None] * W)    s per input feature
+    matmul(add(x, t), W)                 -> add(matmul(x, W), t @ W)     t per input feature
+    add(matmul(x, W), c)                 -> gemm(x, W, c)                x of rank 2
+    add(gemm(x, W, c), t)                -> gemm(x, W, c + t)
+    mul(gemm(x, W, c), s)                -> gemm(x, W * s, c * s)
+
+Every constant must broadcast along the output-channel axis only (axis 1 for conv, the last
+axis for matmul/gemm): anything else is not a per-channel affine map and is left alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kcompile.ir.builder import Builder
+from kcompile.ir.graph import Graph, Value
+from kcompile.ir.types import normalize_axis
+
+from .base import Pass, PassResult
+from .rewrite import Constants, Match, P, Rule, RuleSet, V, apply_rules, new_const
+from .simplify import SIMPLIFY
+
+
+def per_channel(c: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:
+    """c as a [channels] vector if, broadcast against a rank-`rank` tensor, it varies along
+    `axis` only; None otherwise."""
+    if c.ndim > rank:
+        return None
+    full = c.reshape((1,) * (rank - c.ndim) + c.shape)
+    for i, d in enumerate(full.shape):
+        if i != axis and d != 1:
+            return None
+    vec = full.reshape(-1)
+    if vec.size == 1:
+        return np.full(channels, vec[0], c.dtype)
+    return vec if vec.size == channels else None
+
+
+def _bn_check(m: Match) -> str | None:
+    if len(m.root.inputs) != 5:
+        return "the batch norm still depends on the learning phase"
+    if any(m.consts is None or m.consts.value(v) is None for v in m.root.inputs[1:]):
+        return "its statistics or scale are not constants"
+    return None
+
+
+def _bn_to_affine(m: Match, b: Builder) -> Value:
+    x = m.root.inputs[0]
+    assert m.consts is not None
+    g, beta, mean, var = (m.consts.value(v) for v in m.root.inputs[1:])
+    assert g is not None and beta is not None and mean is not None and var is not None
+    eps = m.root.attrs["epsilon"]
+    scale = (g / np.sqrt(var + np.asarray(eps, var.dtype))).astype(var.dtype)
+    shift = (beta - mean * scale).astype(var.dtype)
+    axis = normalize_axis(m.root.attrs["axis"], x.type.rank)
+    shape = (-1,) + (1,) * (x.type.rank - 1 - axis)
+    s = new_const(b, scale.reshape(shape), m.root.inputs[1])
+    t = new_const(b, shift.reshape(shape), m.root.inputs[2])
+    return b.op("add", [b.op("mul", [x, s]), t])
+
+
+def _channels(m: Match) -> tuple[int, int, int]:
+    """(rank, channel axis, channel count) of the producing op's output."""
+    y = m.node("op").outputs[0]
+    axis = 1 if m.node("op").op == "conv" else y.type.rank - 1
+    c = y.type.shape[axis]
+    return y.type.rank, axis, c if isinstance(c, int) else -1
+
+
+def _affine_check(m: Match) -> str | None:
+    c = m.const("c")
+    if c is None:
+        return "the other operand is not a constant"
+    w = m.node("op").inputs[1]
+    if m.consts is None or m.consts.value(w) is None:
+        return "the weights are not constants"
+    if len(m.node("op").inputs) == 3 and m.consts.value(m.node("op").inputs[2]) is None:
+        return "the bias is not a constant"
+    rank, axis, channels = _channels(m)
+    if per_channel(c, rank, axis, channels) is None:
+        return f"the constant {m['c'].type} is not per output channel"
+    return None
+
+
+def _scale_weights(m: Match, b: Builder) -> Value:
+    node = m.node("op")
+    assert m.consts is not None
+    rank, axis, channels = _channels(m)
+    s = per_channel(m.const("c"), rank, axis, channels)  # type: ignore[arg-type]
+    assert s is not None
+    w = m.consts.value(node.inputs[1])
+    assert w is not None
+    # conv kernels are [O, I, *k]: scale rows; matmul/gemm kernels are [K, N]: scale columns.
+    w2 = w * (s.reshape((-1,) + (1,) * (w.ndim - 1)) if node.op == "conv" else s)
+    ins = [node.inputs[0], new_const(b, w2.astype(w.dtype), node.inputs[1])]
+    if len(node.inputs) == 3:
+        bias = m.consts.value(node.inputs[2])
+        assert bias is not None
+        ins.append(new_const(b, (bias * s).astype(bias.dtype), node.inputs[2]))  # s broadcasts on the last axis
+    return b.op(node.op, ins, **node.attrs)
+
+
+def _shift_bias(m: Match, b: Builder) -> Value:
+    node = m.node("op")
+    assert m.consts is not None
+    rank, axis, channels = _channels(m)
+    t = per_channel(m.const("c"), rank, axis, channels)  # type: ignore[arg-type]
+    assert t is not None
+    if len(node.inputs) == 3:
+        old = m.consts.value(node.inputs[2])
+        assert old is not None
+        bias = new_const(b, (old + t).astype(old.dtype), node.inputs[2])  # t broadcasts on the last axis
+    else:
+        bias = new_const(b, t, m["c"])
+    if node.op == "matmul":
+        return b.op("gemm", [node.inputs[0], node.inputs[1], bias])
+    return b.op(node.op, [node.inputs[0], node.inputs[1], bias], **node.attrs)
+
+
+def _input_affine_check(m: Match) -> str | None:
+    c, w = m.const("c"), m.const("w")
+    if c is None:
+        return "the other operand is not a constant"
+    if w is None or w.ndim != 2:
+        return "the kernel is not a constant matrix"
+    if per_channel(c, m["x"].type.rank, m["x"].type.rank - 1, w.shape[0]) is None:
+        return f"the constant {m['c'].type} is not per input feature"
+    return None
+
+
+def _input_scale(m: Match, b: Builder) -> Value:
+    w = m.const("w")
+    assert w is not None
+    s = per_channel(m.const("c"), m["x"].type.rank, m["x"].type.rank - 1, w.shape[0])  # type: ignore[arg-type]
+    assert s is not None
+    return b.op("matmul", [m["x"], new_const(b, (s[:, None] * w).astype(w.dtype), m["w"])])
+
+
+def _input_shift(m: Match, b: Builder) -> Value:
+    w = m.const("w")
+    assert w is not None
+    t = per_channel(m.const("c"), m["x"].type.rank, m["x"].type.rank - 1, w.shape[0])  # type: ignore[arg-type]
+    assert t is not None
+    y = b.op("matmul", [m["x"], m["w"]])
+    return b.op("add", [y, new_const(b, (t @ w).astype(w.dtype), m["c"])])
+
+
+def _matmul_bias_check(m: Match) -> str | None:
+    if m.node("op").inputs[0].type.rank != 2:
+        return "the matmul input is not rank 2 (ONNX Gemm is 2-D)"
+    return _affine_check(m)
+
+
+FUSION = RuleSet(
+    "fusion",
+    [
+        Rule("batch-norm-to-affine", P("batch_norm", any_inputs=True), _bn_to_affine, check=_bn_check),
+        Rule(
+            "fold-scale-into-conv",
+            P("mul", P("conv", any_inputs=True, name="op"), V("c")),
+            _scale_weights,
+            check=_affine_check,
+        ),
+        Rule(
+            "fold-shift-into-conv",
+            P("add", P("conv", any_inputs=True, name="op"), V("c")),
+            _shift_bias,
+            check=_affine_check,
+        ),
+        Rule(
+            "fold-scale-into-matmul",
+            P("mul", P("matmul", any_inputs=True, name="op"), V("c")),
+            _scale_weights,
+            check=_affine_check,
+        ),
+        Rule(
+            "fold-input-scale-into-matmul",
+            P("matmul", P("mul", V("x"), V("c")), V("w")),
+            _input_scale,
+            check=_input_affine_check,
+        ),
+        Rule(
+            "fold-input-shift-into-matmul",
+            P("matmul", P("add", V("x"), V("c")), V("w")),
+            _input_shift,
+            check=_input_affine_check,
+        ),
+        Rule(
+            "matmul-add-to-gemm",
+            P("add", P("matmul", any_inputs=True, name="op"), V("c")),
+            _shift_bias,
+            check=_matmul_bias_check,
+        ),
+        Rule(
+            "fold-shift-into-gemm",
+            P("add", P("gemm", any_inputs=True, name="op"), V("c")),
+            _shift_bias,
+            check=_affine_check,
+        ),
+        Rule(
+            "fold-scale-into-gemm",
+            P("mul", P("gemm", any_inputs=True, name="op"), V("c")),
+            _scale_weights,
+            check=_affine_check,
+        ),
+    ],
+)
+
+
+class FusionPass(Pass):
+    name = "fusion"
+
+    def __init__(self) -> None:
+        self.consts = Constants(params=True)
+        self.explanations: list[str] = []
+
+    def run(self, graph: Graph) -> PassResult:
+        stats = apply_rules(graph, (FUSION, SIMPLIFY), self.consts)
+        names = {r.name for r in FUSION.rules}
+        self.explanations = [str(e) for e in stats.explanations if e.rule in names]
+        return PassResult(graph, stats.total > 0, dict(stats.applied))

@@ -1,0 +1,231 @@
+"""LayoutPass: Keras layers are channels-last; convolution and pooling ops are channels-first, so
+the layers wrap them in transposes. These rules move transposes towards the outputs, across ops
+that do not care about layout, until pairs meet and cancel (`simplify`'s merge-transposes):
+
+    u(transpose(x, p))                         -> transpose(u(x), p)        u elementwise unary
+    f(transpose(x, p), c)                      -> transpose(f(x, c'), p)    c constant, c' = c laid out for x
+    f(transpose(x, p), transpose(y, p))        -> transpose(f(x, y), p)     f elementwise binary
+    batch_norm(transpose(x, p), ..., axis=a)   -> transpose(batch_norm(x, ..., axis=p[a]), p)
+    softmax(transpose(x, p), axis=a)           -> transpose(softmax(x, axis=p[a]), p)
+    reduce(transpose(x, p), axes)              -> reduce(x, p[axes]) (+ a transpose if the kept axes move)
+    concat(transpose(x_i, p)..., axis=a)       -> transpose(concat(x_i..., axis=p[a]), p)
+    matmul(flatten(transpose(x, p)), W)        -> matmul(flatten(x), W')    W' = W's rows in x's order
+
+A conv net ends with one transpose at its input (none with `--input-layout NCHW`) and none
+inside; a Flatten + Dense head absorbs the last one into the Dense kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kcompile.ir.builder import Builder
+from kcompile.ir.graph import Graph, Node, Value
+from kcompile.ir.types import normalize_axis
+from kcompile.ops.registry import OPS
+
+from .base import Pass, PassResult
+from .rewrite import Constants, Match, P, Rule, RuleSet, V, apply_rules, new_const
+from .simplify import SIMPLIFY
+
+
+def inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return tuple(inv)
+
+
+def _unary_ops() -> tuple[str, ...]:
+    return tuple(n for n, op in OPS.items() if op.elementwise and op.arity() == (1, 1))
+
+
+def _binary_ops() -> tuple[str, ...]:
+    return tuple(n for n, op in OPS.items() if op.elementwise and op.arity() == (2, 2))
+
+
+def _push_unary(m: Match, b: Builder) -> Value:
+    y = b.op(m.root.op, [m["x"]], **m.root.attrs)
+    return b.op("transpose", [y], perm=m.node("t").attrs["perm"])
+
+
+def _const_for_layout(c: np.ndarray, rank: int, perm: tuple[int, ...]) -> np.ndarray:
+    """The constant that, broadcast against x, equals c broadcast against transpose(x, perm)."""
+    full = c.reshape((1,) * (rank - c.ndim) + c.shape)
+    return np.transpose(full, inverse(perm))
+
+
+def _const_side_check(m: Match) -> str | None:
+    if m.const("c") is None:
+        return "the other operand is not a constant"
+    if m["c"].type.rank > m["x"].type.rank:
+        return "the constant has a higher rank than the transposed operand"
+    return None
+
+
+def _push_binary_const(left: bool):  # type: ignore[no-untyped-def]
+    def replace(m: Match, b: Builder) -> Value:
+        perm = m.node("t").attrs["perm"]
+        c = m.const("c")
+        assert c is not None
+        c2 = new_const(b, _const_for_layout(c, len(perm), perm), m["c"])
+        ins = [m["x"], c2] if left else [c2, m["x"]]
+        return b.op("transpose", [b.op(m.root.op, ins, **m.root.attrs)], perm=perm)
+
+    return replace
+
+
+def _push_binary_both(m: Match, b: Builder) -> Value:
+    y = b.op(m.root.op, [m["x"], m["y"]], **m.root.attrs)
+    return b.op("transpose", [y], perm=m.node("t").attrs["perm"])
+
+
+def _same_perm(m: Match) -> str | None:
+    if m.node("t").attrs["perm"] != m.node("u").attrs["perm"]:
+        return "the two transposes differ"
+    return None
+
+
+def _push_axis_op(m: Match, b: Builder) -> Value:
+    perm = m.node("t").attrs["perm"]
+    attrs = dict(m.root.attrs)
+    attrs["axis"] = perm[normalize_axis(attrs["axis"], len(perm))]
+    ins = [m["x"], *m.root.inputs[1:]]
+    return b.op("transpose", [b.op(m.root.op, ins, **attrs)], perm=perm)
+
+
+def _push_reduce(m: Match, b: Builder) -> Value:
+    perm = m.node("t").attrs["perm"]
+    rank = len(perm)
+    axes = sorted(normalize_axis(a, rank) for a in m.root.attrs["axes"])
+    keep = m.root.attrs["keepdims"]
+    y = b.op(m.root.op, [m["x"]], axes=tuple(sorted(perm[a] for a in axes)), keepdims=keep)
+    if keep:
+        return b.op("transpose", [y], perm=perm)
+    # Kept axes, in the transposed order, as positions among x's kept axes.
+    kept_x = [i for i in range(rank) if i not in {perm[a] for a in axes}]
+    order = tuple(kept_x.index(perm[i]) for i in range(rank) if i not in axes)
+    return y if order == tuple(range(len(order))) else b.op("transpose", [y], perm=order)
+
+
+def _concat_check(m: Match) -> str | None:
+    perms = set()
+    for v in m.root.inputs:
+        if v.producer is None or v.producer.op != "transpose":
+            return "not every input is transposed"
+        perms.add(v.producer.attrs["perm"])
+    return None if len(perms) == 1 else "the inputs are transposed differently"
+
+
+def _push_concat(m: Match, b: Builder) -> Value:
+    producers: list[Node] = [v.producer for v in m.root.inputs]  # type: ignore[misc]
+    perm = producers[0].attrs["perm"]
+    axis = perm[normalize_axis(m.root.attrs["axis"], len(perm))]
+    y = b.op("concat", [p.inputs[0] for p in producers], axis=axis)
+    return b.op("transpose", [y], perm=perm)
+
+
+def _flatten_check(m: Match) -> str | None:
+    if m.const("w") is None:
+        return "the Dense kernel is not a constant"
+    if m.node("flat").attrs["shape"] != (0, -1):
+        return "the reshape is not a flatten"
+    if not all(isinstance(d, int) for d in m["x"].type.shape[1:]):
+        return "the flattened dims are not static"
+    if m.node("t").attrs["perm"][0] != 0:
+        return "the transpose moves the batch axis"
+    return None
+
+
+def _absorb_flatten(m: Match, b: Builder) -> Value:
+    """Rows of W index transpose(x)'s flattened positions; re-index them by x's positions."""
+    perm = m.node("t").attrs["perm"]
+    w = m.const("w")
+    assert w is not None
+    dims = [int(d) for d in m["x"].type.shape[1:]]  # x's non-batch dims
+    inner = tuple(p - 1 for p in perm[1:])
+    rows = np.arange(int(np.prod(dims))).reshape(dims)  # x position -> flat index in x order
+    order = np.transpose(rows, inner).reshape(-1)  # flat index in transposed order -> x flat index
+    w2 = np.empty_like(w)
+    w2[order] = w
+    flat = b.op("reshape", [m["x"]], shape=(0, -1))
+    return b.op(m.root.op, [flat, new_const(b, w2, m["w"])], **m.root.attrs)
+
+
+T = "transpose"
+
+LAYOUT = RuleSet(
+    "layout",
+    [
+        Rule("push-transpose-unary", P(_unary_ops(), P(T, V("x"), name="t")), _push_unary, allow_shared=True),
+        Rule(
+            "push-transpose-binary-const-right",
+            P(_binary_ops(), P(T, V("x"), name="t"), V("c")),
+            _push_binary_const(left=True),
+            check=_const_side_check,
+            allow_shared=True,
+        ),
+        Rule(
+            "push-transpose-binary-const-left",
+            P(_binary_ops(), V("c"), P(T, V("x"), name="t")),
+            _push_binary_const(left=False),
+            check=_const_side_check,
+            allow_shared=True,
+        ),
+        Rule(
+            "push-transpose-binary-both",
+            P(_binary_ops(), P(T, V("x"), name="t"), P(T, V("y"), name="u")),
+            _push_binary_both,
+            check=_same_perm,
+            allow_shared=True,
+        ),
+        Rule(
+            "push-transpose-batch-norm",
+            P("batch_norm", any_inputs=True),
+            _push_axis_op,
+            check=lambda m: _first_input_transposed(m),
+            allow_shared=True,
+        ),
+        Rule(
+            "push-transpose-softmax",
+            P("softmax", P(T, V("x"), name="t")),
+            _push_axis_op,
+            allow_shared=True,
+        ),
+        Rule(
+            "push-transpose-reduce",
+            P(("reduce_mean", "reduce_sum", "reduce_max"), P(T, V("x"), name="t")),
+            _push_reduce,
+            allow_shared=True,
+        ),
+        Rule("push-transpose-concat", P("concat", any_inputs=True), _push_concat, check=_concat_check),
+        Rule(
+            "absorb-flatten-transpose",
+            P("matmul", P("reshape", P(T, V("x"), name="t"), name="flat"), V("w")),
+            _absorb_flatten,
+            check=_flatten_check,
+        ),
+    ],
+)
+
+
+def _first_input_transposed(m: Match) -> str | None:
+    x = m.root.inputs[0]
+    if x.producer is None or x.producer.op != T:
+        return "the input is not transposed"
+    m.nodes["t"] = x.producer
+    m.values["x"] = x.producer.inputs[0]
+    return None
+
+
+class LayoutPass(Pass):
+    name = "layout"
+
+    def __init__(self) -> None:
+        self.consts = Constants(params=True)
+        self.explanations: list[str] = []
+
+    def run(self, graph: Graph) -> PassResult:
+        stats = apply_rules(graph, (LAYOUT, SIMPLIFY), self.consts)
+        self.explanations = [str(e) for e in stats.explanations if e.rule in {r.name for r in LAYOUT.rules}]
+        return PassResult(graph, stats.total > 0, dict(stats.applied))
