@@ -24,7 +24,6 @@ def _prod(dims: list[Dim]) -> int:
     return n
 
 
-
 # transpose ---------------------------------------------------------------------------------
 def _transpose_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
     (x,) = types
