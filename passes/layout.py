@@ -9,6 +9,7 @@ that do not care about layout, until pairs meet and cancel (`simplify`'s merge-t
     softmax(transpose(x, p), axis=a)           -> transpose(softmax(x, axis=p[a]), p)
     reduce(transpose(x, p), axes)              -> reduce(x, p[axes]) (+ a transpose if the kept axes move)
     concat(transpose(x_i, p)..., axis=a)       -> transpose(concat(x_i..., axis=p[a]), p)
+    pad(transpose(x, p), pads)                 -> transpose(pad(x, pads laid out for x), p)
     matmul(flatten(transpose(x, p)), W)        -> matmul(flatten(x), W')    W' = W's rows in x's order
 
 A conv net ends with one transpose at its input (none with `--input-layout NCHW`) and none
@@ -108,6 +109,17 @@ def _push_reduce(m: Match, b: Builder) -> Value:
     return y if order == tuple(range(len(order))) else b.op("transpose", [y], perm=order)
 
 
+def _push_pad(m: Match, b: Builder) -> Value:
+    perm = m.node("t").attrs["perm"]
+    r = len(perm)
+    pads = m.root.attrs["pads"]
+    begins, ends = [0] * r, [0] * r
+    for i, axis in enumerate(perm):
+        begins[axis], ends[axis] = pads[i], pads[r + i]
+    y = b.op("pad", [m["x"]], pads=(*begins, *ends), value=m.root.attrs["value"])
+    return b.op("transpose", [y], perm=perm)
+
+
 def _concat_check(m: Match) -> str | None:
     perms = set()
     for v in m.root.inputs:
@@ -198,6 +210,7 @@ LAYOUT = RuleSet(
             _push_reduce,
             allow_shared=True,
         ),
+        Rule("push-transpose-pad", P("pad", P(T, V("x"), name="t")), _push_pad, allow_shared=True),
         Rule("push-transpose-concat", P("concat", any_inputs=True), _push_concat, check=_concat_check),
         Rule(
             "absorb-flatten-transpose",

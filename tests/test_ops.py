@@ -90,6 +90,10 @@ CASES: dict[str, list[Case]] = {
         Case([T("batch", 2), T("batch", 3), T("batch", 1)], {"axis": -1}),
         Case([T("batch", 2, 2)] * 2, {"axis": 1}),
     ],
+    "pad": [
+        Case([T("batch", 3, 4)], {"pads": (0, 1, 2, 0, 0, 1)}),
+        Case([T("batch", 2)], {"pads": (0, 0, 0, 3), "value": -1.5}),
+    ],
     "gather": [
         Case([T("batch", 5, dtype="int64")], {"axis": 0}, draw=ints(10), params=[np.ones((10, 3))]),
         Case([T("batch", dtype="int32")], {"axis": 0}, draw=ints(4), params=[np.ones((4, 2, 2))]),

@@ -49,6 +49,17 @@ def residual() -> kc.Model:
     return kc.Model(x, [layers.Dense(3, activation="softmax")(g), m])
 
 
+def mobile_block() -> kc.Model:
+    x = kc.Input(shape=(9, 9, 4), name="x")
+    h = layers.ReLU(6.0)(layers.BatchNormalization()(layers.Conv2D(8, 1, use_bias=False)(x)))
+    h = layers.ZeroPadding2D(((0, 1), (0, 1)))(h)
+    h = layers.DepthwiseConv2D(3, strides=2, use_bias=False)(h)
+    h = layers.ReLU(6.0)(layers.BatchNormalization()(h))
+    h = layers.BatchNormalization()(layers.Conv2D(4, 1, use_bias=False)(h))
+    h = layers.add([h, layers.DepthwiseConv2D(1, padding="same")(h)])
+    return kc.Model(x, layers.GlobalAveragePooling2D()(h))
+
+
 def mlp() -> kc.Model:
     x = kc.Input(shape=(12,), name="x")
     h = layers.Dense(16, activation="relu")(x)
@@ -76,6 +87,7 @@ MODELS: dict[str, Builder] = {
     "conv_bn_relu": conv_bn_relu,
     "residual": residual,
     "mlp": mlp,
+    "mobile_block": mobile_block,
     "softmax_axis": softmax_axis,
     "replicated": replicated,
 }
@@ -133,6 +145,12 @@ def test_residual_and_concat_layout_and_pooling() -> None:
     after = op_types(kc.compile(model, level=2).onnx_model)
     assert after.count("Transpose") == 1  # the input's; the two outputs are channel vectors
     assert after.count("Concat") == 1 and after.count("ReduceMean") == 1 and after.count("ReduceMax") == 1
+
+
+def test_mobile_block_has_no_transpose_inside() -> None:
+    after = op_types(kc.compile(randomize(mobile_block()), level=2).onnx_model)
+    assert after.count("Transpose") == 1 and after[0] == "Transpose"
+    assert after.count("Conv") == 4 and "Mul" not in after and "BatchNormalization" not in after
 
 
 def test_mlp_bn_folds_into_gemm() -> None:

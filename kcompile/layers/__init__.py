@@ -8,6 +8,8 @@ from .conv import (
     Conv1D,
     Conv2D,
     Conv3D,
+    DepthwiseConv1D,
+    DepthwiseConv2D,
     GlobalAveragePooling1D,
     GlobalAveragePooling2D,
     GlobalAveragePooling3D,
@@ -17,8 +19,11 @@ from .conv import (
     MaxPooling1D,
     MaxPooling2D,
     MaxPooling3D,
+    ZeroPadding1D,
+    ZeroPadding2D,
+    ZeroPadding3D,
 )
-from .core import Activation, Dense, Dropout, Embedding, Flatten, Reshape
+from .core import ELU, Activation, Dense, Dropout, Embedding, Flatten, LeakyReLU, ReLU, Reshape, Softmax
 from .merging import (
     Add,
     Average,
@@ -38,6 +43,7 @@ from .merging import (
 from .normalization import BatchNormalization
 
 __all__ = [
+    "ELU",
     "Activation",
     "Add",
     "Average",
@@ -50,6 +56,8 @@ __all__ = [
     "Conv2D",
     "Conv3D",
     "Dense",
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
     "Dropout",
     "Embedding",
     "Flatten",
@@ -63,14 +71,20 @@ __all__ = [
     "InputLayer",
     "KTensor",
     "Layer",
+    "LeakyReLU",
     "MaxPooling1D",
     "MaxPooling2D",
     "MaxPooling3D",
     "Maximum",
     "Minimum",
     "Multiply",
+    "ReLU",
     "Reshape",
+    "Softmax",
     "Subtract",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "ZeroPadding3D",
     "add",
     "average",
     "concatenate",

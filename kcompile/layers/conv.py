@@ -107,9 +107,8 @@ class _Conv(Layer):
         if x.type.rank != n + 2:
             raise ShapeError(f"expects a rank-{n + 2} input, got {x.type}")
         xc = to_channels_first(b, x) if self.channels_last else x
-        # Keras kernel [*k, C/g, F] -> ONNX [F, C/g, *k].
-        w = b.op("transpose", [self.kernel], perm=(n + 1, n, *range(n)))
-        attrs: dict[str, Any] = {"strides": self.strides, "dilations": self.dilation_rate, "group": self.groups}
+        w = self.onnx_kernel(b)
+        attrs: dict[str, Any] = {"strides": self.strides, "dilations": self.dilation_rate, "group": self.conv_groups()}
         if self.padding == "causal":
             attrs.update(auto_pad="NOTSET", pads=((self.kernel_size[0] - 1) * self.dilation_rate[0], 0))
         else:
@@ -124,6 +123,14 @@ class _Conv(Layer):
             y = b.op("add", [y, bias])
         return apply_activation(b, y, self._act)
 
+    def onnx_kernel(self, b: Builder) -> Value:
+        """Keras kernel [*k, C/g, F] -> ONNX [F, C/g, *k]."""
+        n = self.rank
+        return b.op("transpose", [self.kernel], perm=(n + 1, n, *range(n)))
+
+    def conv_groups(self) -> int:
+        return self.groups
+
 
 class Conv1D(_Conv):
     rank = 1
@@ -134,6 +141,118 @@ class Conv2D(_Conv):
 
 
 class Conv3D(_Conv):
+    rank = 3
+
+
+class _DepthwiseConv(_Conv):
+    """One filter bank per input channel: output channel c * depth_multiplier + m."""
+
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        padding: str = "valid",
+        depth_multiplier: int = 1,
+        data_format: str | None = None,
+        dilation_rate: int | Sequence[int] = 1,
+        activation: str | None = None,
+        use_bias: bool = True,
+        depthwise_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, int) or depth_multiplier <= 0:
+            raise ModelError(
+                f"{type(self).__name__}: depth_multiplier must be a positive integer, got {depth_multiplier!r}"
+            )
+        self.depth_multiplier = depth_multiplier
+        super().__init__(
+            1,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=depthwise_initializer,
+            bias_initializer=bias_initializer,
+            **kwargs,
+        )
+
+    def build(self, input_types: list[TensorType]) -> None:
+        (t,) = input_types
+        if t.rank != self.rank + 2:
+            raise ShapeError(
+                f"expects a rank-{self.rank + 2} input (batch, {self.rank} spatial dims, channels), got {t}"
+            )
+        c = t.shape[-1] if self.channels_last else t.shape[1]
+        if not isinstance(c, int):
+            raise ShapeError(f"needs a known number of input channels, got {t}")
+        self.filters = c * self.depth_multiplier
+        shape = (*self.kernel_size, c, self.depth_multiplier)
+        self.kernel = self.add_weight("depthwise_kernel", shape, self.kernel_initializer)
+        self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer) if self.use_bias else None
+
+    def onnx_kernel(self, b: Builder) -> Value:
+        """Keras depthwise kernel [*k, C, M] -> ONNX [C * M, 1, *k] (group = C)."""
+        n = self.rank
+        w = b.op("transpose", [self.kernel], perm=(n, n + 1, *range(n)))
+        return b.op("reshape", [w], shape=(-1, 1, *self.kernel_size))
+
+    def conv_groups(self) -> int:
+        return self.kernel.type.shape[self.rank]  # type: ignore[return-value]
+
+
+class DepthwiseConv1D(_DepthwiseConv):
+    rank = 1
+
+
+class DepthwiseConv2D(_DepthwiseConv):
+    rank = 2
+
+
+class _ZeroPadding(Layer):
+    """Zeros around the spatial dims: `padding` is an int, one int per dim, or (before, after) pairs."""
+
+    rank = 2
+
+    def __init__(self, padding: Any = 1, data_format: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        kind = type(self).__name__
+        if isinstance(padding, int) and not isinstance(padding, bool):
+            pairs = [(padding, padding)] * self.rank
+        elif isinstance(padding, list | tuple) and len(padding) == self.rank:
+            pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]  # type: ignore[misc]
+        elif isinstance(padding, list | tuple) and self.rank == 1 and len(padding) == 2:
+            pairs = [tuple(padding)]  # type: ignore[list-item]
+        else:
+            raise ModelError(f"{kind}: padding must be an int, {self.rank} ints, or {self.rank} (before, after) pairs")
+        if any(len(p) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in p) for p in pairs):
+            raise ModelError(f"{kind}: paddings must be non-negative ints, got {padding!r}")
+        self.padding = tuple(tuple(p) for p in pairs)
+        self.channels_last = _data_format(data_format)
+
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
+        r = x.type.rank
+        if r != self.rank + 2:
+            raise ShapeError(f"expects a rank-{self.rank + 2} input, got {x.type}")
+        first = 1 if self.channels_last else 2
+        begins, ends = [0] * r, [0] * r
+        for i, (lo, hi) in enumerate(self.padding):
+            begins[first + i], ends[first + i] = lo, hi
+        return b.op("pad", [x], pads=(*begins, *ends))
+
+
+class ZeroPadding1D(_ZeroPadding):
+    rank = 1
+
+
+class ZeroPadding2D(_ZeroPadding):
+    rank = 2
+
+
+class ZeroPadding3D(_ZeroPadding):
     rank = 3
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..errors import ModelError, ShapeError
 from ..initializers import rng
 from ..ir.builder import Builder
@@ -68,6 +70,59 @@ class Activation(Layer):
 
     def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
         return apply_activation(b, x, self._act)
+
+
+class ReLU(Layer):
+    """Keras ReLU: min(max_value, x) for x >= 0, negative_slope * x below (threshold 0)."""
+
+    def __init__(
+        self, max_value: float | None = None, negative_slope: float = 0.0, threshold: float = 0.0, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if max_value is not None and max_value < 0:
+            raise ModelError(f"ReLU max_value must be >= 0, got {max_value}")
+        if negative_slope < 0:
+            raise ModelError(f"ReLU negative_slope must be >= 0, got {negative_slope}")
+        if threshold != 0.0:
+            raise ModelError("ReLU with a non-zero threshold is not supported yet; use threshold=0")
+        self.max_value, self.negative_slope, self.threshold = max_value, float(negative_slope), float(threshold)
+
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
+        if self.negative_slope == 0.0:
+            if self.max_value is not None:
+                return b.op("clip", [x], lo=0.0, hi=float(self.max_value))
+            return b.op("relu", [x])
+        y = b.op("leaky_relu", [x], alpha=self.negative_slope)
+        if self.max_value is not None:
+            y = b.op("minimum", [y, b.constant(np.asarray(self.max_value, x.type.dtype))])
+        return y
+
+
+class LeakyReLU(Layer):
+    def __init__(self, negative_slope: float = 0.3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.negative_slope = float(negative_slope)
+
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
+        return b.op("leaky_relu", [x], alpha=self.negative_slope)
+
+
+class ELU(Layer):
+    def __init__(self, alpha: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.alpha = float(alpha)
+
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
+        return b.op("elu", [x], alpha=self.alpha)
+
+
+class Softmax(Layer):
+    def __init__(self, axis: int = -1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.axis = axis
+
+    def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
+        return b.op("softmax", [x], axis=self.axis)
 
 
 class Dropout(Layer):

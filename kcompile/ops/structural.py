@@ -142,6 +142,44 @@ register(
 )
 
 
+# pad ---------------------------------------------------------------------------------------
+def _pad_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    (x,) = types
+    pads = a["pads"]
+    if len(pads) != 2 * x.rank or min(pads) < 0:
+        raise ShapeError(f"pad needs {2 * x.rank} non-negative pads (begins, then ends) for {x}, got {pads}")
+    shape = tuple(
+        d + pads[i] + pads[x.rank + i]
+        if isinstance(d, int)
+        else (d if pads[i] + pads[x.rank + i] == 0 else fresh_dim())
+        for i, d in enumerate(x.shape)
+    )
+    return [x.with_shape(shape)]
+
+
+def _pad_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    x, pads, r = xs[0], a["pads"], xs[0].ndim
+    return [np.pad(x, [(pads[i], pads[r + i]) for i in range(r)], constant_values=a["value"])]
+
+
+def _pad_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    value = e.const(np.array(a["value"], dtype=types[0].dtype), "pad_value")
+    return e.emit("Pad", [ins[0], e.const(np.array(a["pads"], np.int64), "pads"), value], mode="constant")
+
+
+register(
+    OpDef(
+        "pad",
+        inputs=("x",),
+        attrs=(Attr("pads", "ints"), Attr("value", "float", 0.0)),
+        infer=_pad_infer,
+        reference=_pad_ref,
+        onnx=_pad_onnx,
+        doc="y = x surrounded by `value`: pads[i] before and pads[rank + i] after axis i",
+    )
+)
+
+
 # gather ------------------------------------------------------------------------------------
 def _gather_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
     data, idx = types
