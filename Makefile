@@ -33,8 +33,14 @@ lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff format --check kcompile passes runtime tests bench examples
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
-	$(PY) bench/run.py
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): pyproject.toml | $(PY)
+	$(PIP) install -e ".[bench]"
+	touch $(STAMP) $@
+
+bench: $(BENCH_STAMP)
+	KERAS_BACKEND=torch $(PY) bench/run.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
