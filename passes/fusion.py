@@ -9,6 +9,7 @@
     add(matmul(x, W), c)                 -> gemm(x, W, c)                x of rank 2
     add(gemm(x, W, c), t)                -> gemm(x, W, c + t)
     mul(gemm(x, W, c), s)                -> gemm(x, W * s, c * s)
+    conv(pad(x, zeros on spatial axes), w) -> conv(x, w) with the padding in its pads
 
 Every constant must broadcast along the output-channel axis only (axis 1 for conv, the last
 axis for matmul/gemm): anything else is not a per-channel affine map and is left alone.
@@ -151,6 +152,40 @@ def _input_shift(m: Match, b: Builder) -> Value:
     return b.op("add", [y, new_const(b, (t @ w).astype(w.dtype), m["c"])])
 
 
+def _conv_pad_check(m: Match) -> str | None:
+    x = m.root.inputs[0]
+    pad = x.producer
+    if pad is None or pad.op != "pad":
+        return "the conv input is not padded"
+    r = x.type.rank
+    pads = pad.attrs["pads"]
+    if pad.attrs["value"] != 0.0:
+        return "the padding value is not zero"
+    if pads[0] or pads[1] or pads[r] or pads[r + 1]:
+        return "the pad touches the batch or channel axis"
+    if m.root.attrs["auto_pad"] == "SAME_UPPER" and not all(isinstance(d, int) for d in x.type.shape[2:]):
+        return "the conv pads 'same' over symbolic spatial sizes"
+    m.nodes["pad"] = pad
+    return None
+
+
+def _fold_pad_into_conv(m: Match, b: Builder) -> Value:
+    from kcompile.ops.nn import conv_pads
+
+    conv, pad = m.root, m.node("pad")
+    x = pad.inputs[0]
+    r = x.type.rank
+    nd = r - 2
+    mid = conv.inputs[0].type.shape[2:]
+    kernel = conv.inputs[1].type.shape[2:]
+    own = conv_pads(tuple(int(d) for d in mid), tuple(int(k) for k in kernel), conv.attrs)
+    extra = pad.attrs["pads"]
+    begins = [own[i][0] + extra[2 + i] for i in range(nd)]
+    ends = [own[i][1] + extra[r + 2 + i] for i in range(nd)]
+    attrs = {**conv.attrs, "auto_pad": "NOTSET", "pads": (*begins, *ends)}
+    return b.op("conv", [x, *conv.inputs[1:]], **attrs)
+
+
 def _matmul_bias_check(m: Match) -> str | None:
     if m.node("op").inputs[0].type.rank != 2:
         return "the matmul input is not rank 2 (ONNX Gemm is 2-D)"
@@ -160,6 +195,7 @@ def _matmul_bias_check(m: Match) -> str | None:
 FUSION = RuleSet(
     "fusion",
     [
+        Rule("fold-pad-into-conv", P("conv", any_inputs=True), _fold_pad_into_conv, check=_conv_pad_check),
         Rule("batch-norm-to-affine", P("batch_norm", any_inputs=True), _bn_to_affine, check=_bn_check),
         Rule(
             "fold-scale-into-conv",

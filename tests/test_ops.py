@@ -121,9 +121,15 @@ CASES: dict[str, list[Case]] = {
     "reduce_mean": [
         Case([T("batch", 4, 5)], {"axes": (1, 2)}),
         Case([T("batch", 4, 5)], {"axes": (1,), "keepdims": True}),
+        Case([T("batch", 3, 4, 5)], {"axes": (2, 3)}),
+        Case([T("batch", 2, 3, 4, 5)], {"axes": (2, 3, 4), "keepdims": True}),
     ],
     "reduce_sum": [Case([T("batch", 4, 5)], {"axes": (2,)})],
-    "reduce_max": [Case([T("batch", 4, 5)], {"axes": (1,)})],
+    "reduce_max": [
+        Case([T("batch", 4, 5)], {"axes": (1,)}),
+        Case([T("batch", 3, 4, 5)], {"axes": (2, 3)}),
+        Case([T("batch", 3, 4, 5)], {"axes": (3, 2), "keepdims": True}),
+    ],
     "dropout": [
         Case([T("batch", 8), T(dtype="bool")], {"rate": 0.5, "seed": 3}, training=False),
         Case([T("batch", 8), T(dtype="bool")], {"rate": 0.0, "seed": 3}, training=True),

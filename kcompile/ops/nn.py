@@ -92,7 +92,8 @@ def _same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _pads(spatial: tuple[int, ...], kernel: tuple[int, ...], a: dict[str, Any]) -> list[tuple[int, int]]:
+def conv_pads(spatial: tuple[int, ...], kernel: tuple[int, ...], a: dict[str, Any]) -> list[tuple[int, int]]:
+    """(begin, end) padding per spatial axis that a conv or pool with attrs `a` applies."""
     nd = len(kernel)
     strides, dil = a["strides"] or (1,) * nd, a.get("dilations") or (1,) * nd
     if a["auto_pad"] == "SAME_UPPER":
@@ -115,7 +116,7 @@ def _windows(x: np.ndarray, kernel: tuple[int, ...], a: dict[str, Any], fill: fl
     """View of x [N, C, *spatial] as [N, C, *out, *kernel] windows (padding with `fill`)."""
     nd = len(kernel)
     strides, dil = a["strides"] or (1,) * nd, a.get("dilations") or (1,) * nd
-    pads = _pads(x.shape[2:], kernel, a)
+    pads = conv_pads(x.shape[2:], kernel, a)
     xp = np.pad(x, [(0, 0), (0, 0), *pads], constant_values=fill)
     span = tuple((k - 1) * d + 1 for k, d in zip(kernel, dil, strict=True))
     axes = tuple(range(2, 2 + nd))
@@ -127,6 +128,8 @@ def _windows(x: np.ndarray, kernel: tuple[int, ...], a: dict[str, Any], fill: fl
     )
     return v[index]
 
+
+_pads = conv_pads  # the name the gradient ops import
 
 _WINDOW_ATTRS = (
     Attr("strides", "ints", ()),
@@ -193,7 +196,7 @@ def _conv_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[Te
         spatial, kernel = types[0].shape[2:], types[1].shape[2:]
         if not all(isinstance(d, int) for d in (*spatial, *kernel)):
             raise LoweringError("a dilated 'same' convolution needs static spatial sizes for ONNX")
-        pads = _pads(tuple(int(d) for d in spatial), tuple(int(k) for k in kernel), a)
+        pads = conv_pads(tuple(int(d) for d in spatial), tuple(int(k) for k in kernel), a)
         attrs.update(auto_pad="NOTSET", pads=[p[0] for p in pads] + [p[1] for p in pads])
     return e.emit("Conv", ins, **attrs)
 
@@ -311,11 +314,17 @@ def _reduce_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType
     return [x.with_shape(shape)]
 
 
-def reduction(name: str, fn: Callable[..., Any], onnx_type: str) -> OpDef:
+def reduction(name: str, fn: Callable[..., Any], onnx_type: str, global_type: str | None = None) -> OpDef:
     def reference(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
         return [np.asarray(fn(xs[0], axis=a["axes"], keepdims=a["keepdims"])).astype(xs[0].dtype)]
 
     def lower(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+        rank = types[0].rank
+        if global_type and rank >= 3 and sorted(x % rank for x in a["axes"]) == list(range(2, rank)):
+            # Over every axis after the first two: ONNX's global pooling, which onnxruntime keeps
+            # in its blocked channels-first layout (a Reduce* would force a layout change).
+            y = e.emit(global_type, ins)[0]
+            return [y] if a["keepdims"] else e.emit("Flatten", [y], axis=2 if rank == 2 else 1)
         axes = e.const(np.array(a["axes"], np.int64), "axes")
         return e.emit(onnx_type, [ins[0], axes], keepdims=int(a["keepdims"]))
 
@@ -332,9 +341,9 @@ def reduction(name: str, fn: Callable[..., Any], onnx_type: str) -> OpDef:
     )
 
 
-reduction("reduce_mean", np.mean, "ReduceMean")
+reduction("reduce_mean", np.mean, "ReduceMean", "GlobalAveragePool")
 reduction("reduce_sum", np.sum, "ReduceSum")
-reduction("reduce_max", np.max, "ReduceMax")
+reduction("reduce_max", np.max, "ReduceMax", "GlobalMaxPool")
 
 
 # dropout -----------------------------------------------------------------------------------
