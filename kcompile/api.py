@@ -29,6 +29,7 @@ def optimize(
     level: int = 2,
     passes: list[str] | None = None,
     manager: PassManager | None = None,
+    input_layout: str = "NHWC",
 ) -> Graph:
     """Run the inference pipeline of `level` (or exactly `passes`) on `graph`.
 
@@ -38,7 +39,7 @@ def optimize(
     from kcompile.passes import PassManager, pipeline
 
     pm = manager if manager is not None else PassManager([])
-    pm.passes = pipeline(level, _phase(learning_phase), passes)
+    pm.passes = pipeline(level, _phase(learning_phase), passes, input_layout)
     return pm.run(graph)
 
 
@@ -50,12 +51,14 @@ def compile(
     level: int = 2,
     passes: list[str] | None = None,
     manager: PassManager | None = None,
+    input_layout: str = "NHWC",
 ) -> CompiledModel:
     """Compile a model for inference to ONNX run by onnxruntime.
 
     `learning_phase`: 0 (inference, the default: Dropout is the identity, BatchNormalization uses
     its moving statistics), 1 (training behaviour), or "dynamic" (a bool `learning_phase` input).
     `level`: the optimisation level 0..3 (default 2); `passes`: an explicit pass list instead.
+    `input_layout="NCHW"`: image inputs are fed channels-first (no transpose at the input).
     """
     from kcompile.runtime import DEFAULT_OPSET, CompiledModel, lower_to_onnx
 
@@ -64,7 +67,7 @@ def compile(
     if not isinstance(model, Model):
         raise ModelError(f"kc.compile takes a kc.Model or kc.Sequential, got {type(model).__name__}")
     start = time.perf_counter()
-    graph = optimize(model.to_graph(), learning_phase, level, passes, manager)
+    graph = optimize(model.to_graph(), learning_phase, level, passes, manager, input_layout)
     compiled = CompiledModel(graph, lower_to_onnx(graph, opset or DEFAULT_OPSET), threads)
     compiled.compile_seconds = time.perf_counter() - start
     return compiled

@@ -4,6 +4,7 @@ from .base import Pass, PassManager, PassResult
 from .cleanup import DeadCodeEliminationPass
 from .folding import ConstantFoldingPass, CSEPass
 from .fusion import FUSION, FusionPass
+from .input_layout import ChannelsFirstInputsPass
 from .layout import LAYOUT, LayoutPass
 from .learning_phase import FoldLearningPhasePass
 from .pipeline import LEVELS, PASSES, make_pass, pipeline
@@ -17,6 +18,7 @@ __all__ = [
     "PASSES",
     "SIMPLIFY",
     "CSEPass",
+    "ChannelsFirstInputsPass",
     "ConstantFoldingPass",
     "Constants",
     "DeadCodeEliminationPass",

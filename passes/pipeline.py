@@ -19,6 +19,7 @@ from .base import Pass
 from .cleanup import DeadCodeEliminationPass
 from .folding import ConstantFoldingPass, CSEPass
 from .fusion import FusionPass
+from .input_layout import ChannelsFirstInputsPass
 from .layout import LayoutPass
 from .learning_phase import FoldLearningPhasePass
 from .simplify import SimplifyPass
@@ -64,13 +65,20 @@ def make_pass(name: str, training: bool = False) -> Pass:
     return PASSES[name]()
 
 
-def pipeline(level: int = 2, learning_phase: str = "0", names: list[str] | None = None) -> list[Pass]:
-    """The passes for `level` (or exactly `names`), preceded by the learning-phase fold."""
+def pipeline(
+    level: int = 2, learning_phase: str = "0", names: list[str] | None = None, input_layout: str = "NHWC"
+) -> list[Pass]:
+    """The passes for `level` (or exactly `names`), preceded by the learning-phase fold and, for
+    `input_layout="NCHW"`, by the channels-first input change."""
     if names is None:
         if level not in LEVELS:
             raise KCompileError(f"optimisation level must be 0..3, got {level}")
         names = LEVELS[level]
     passes = [make_pass(n) for n in names]
+    if input_layout.upper() == "NCHW":
+        passes.insert(0, ChannelsFirstInputsPass())
+    elif input_layout.upper() != "NHWC":
+        raise KCompileError(f"input layout must be NHWC (channels-last, Keras' default) or NCHW, got {input_layout!r}")
     if learning_phase != "dynamic":
         passes.insert(0, FoldLearningPhasePass(training=learning_phase == "1"))
     return passes

@@ -140,6 +140,16 @@ def test_conv_net_keeps_one_transpose_at_the_input() -> None:
     assert len(after) < len(before) / 2
 
 
+def test_nchw_input_layout_needs_no_transpose() -> None:
+    model = randomize(conv_bn_relu())
+    nchw = kc.compile(model, input_layout="NCHW")
+    assert "Transpose" not in op_types(nchw.onnx_model)
+    x = np.random.default_rng(0).standard_normal((2, 9, 9, 3)).astype(np.float32)
+    np.testing.assert_allclose(nchw(x.transpose(0, 3, 1, 2)), kc.compile(model, level=0)(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(kc.KCompileError, match="input layout must be"):
+        kc.compile(model, input_layout="NWHC")
+
+
 def test_residual_and_concat_layout_and_pooling() -> None:
     model = randomize(residual())
     after = op_types(kc.compile(model, level=2).onnx_model)
