@@ -96,11 +96,15 @@ class _Conv(Layer):
         c = t.shape[-1] if self.channels_last else t.shape[1]
         if not isinstance(c, int):
             raise ShapeError(f"needs a known number of input channels, got {t}")
-        if c % self.groups:
-            raise ShapeError(f"input channels {c} are not divisible by groups {self.groups}")
-        shape = (*self.kernel_size, c // self.groups, self.filters)
-        self.kernel = self.add_weight("kernel", shape, self.kernel_initializer)
+        name, shape = self.kernel_for(c)
+        self.kernel = self.add_weight(name, shape, self.kernel_initializer)
         self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer) if self.use_bias else None
+
+    def kernel_for(self, channels: int) -> tuple[str, tuple[int, ...]]:
+        """The kernel's Keras name and shape for `channels` input channels."""
+        if channels % self.groups:
+            raise ShapeError(f"input channels {channels} are not divisible by groups {self.groups}")
+        return "kernel", (*self.kernel_size, channels // self.groups, self.filters)
 
     def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
         n = self.rank
@@ -180,19 +184,9 @@ class _DepthwiseConv(_Conv):
             **kwargs,
         )
 
-    def build(self, input_types: list[TensorType]) -> None:
-        (t,) = input_types
-        if t.rank != self.rank + 2:
-            raise ShapeError(
-                f"expects a rank-{self.rank + 2} input (batch, {self.rank} spatial dims, channels), got {t}"
-            )
-        c = t.shape[-1] if self.channels_last else t.shape[1]
-        if not isinstance(c, int):
-            raise ShapeError(f"needs a known number of input channels, got {t}")
-        self.filters = c * self.depth_multiplier
-        shape = (*self.kernel_size, c, self.depth_multiplier)
-        self.kernel = self.add_weight("depthwise_kernel", shape, self.kernel_initializer)
-        self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer) if self.use_bias else None
+    def kernel_for(self, channels: int) -> tuple[str, tuple[int, ...]]:
+        self.filters = channels * self.depth_multiplier
+        return "depthwise_kernel", (*self.kernel_size, channels, self.depth_multiplier)
 
     def onnx_kernel(self, b: Builder) -> Value:
         """Keras depthwise kernel [*k, C, M] -> ONNX [C * M, 1, *k] (group = C)."""
