@@ -1,5 +1,417 @@
-"""The Keras training API on models (`compile`, `fit`, `evaluate`, `train_on_batch`, ...)."""
+"""The Keras training API on models: `compile`, `fit`, `evaluate`, `train_on_batch`,
+`test_on_batch`, and the `History` that `fit` returns.
+
+`compile()` only records the configuration. The step graphs are built on the first call that sees
+data (the targets' shapes decide what "accuracy" means, as in Keras) and rebuilt only when the
+targets' signature or the trainable set changes. Between calls the weights live in the engine;
+`fit` copies them back to the model after every epoch, `train_on_batch` after every call, so
+`get_weights()`, `predict()` and callbacks see the trained values; weights assigned by the user
+(`set_weights`) are sent back to the engine before the next step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError
+from . import losses as losses_mod
+from . import metrics as metrics_mod
+from . import optimizers as optimizers_mod
+from .callbacks import Callback, CallbackList, History, ProgbarLogger
+from .metrics import Metric
 
 
 class TrainingMixin:
     """Mixed into `kcompile.Model`; the training methods live here."""
+
+    # Set by Model; declared for type checkers.
+    inputs: Any
+    outputs: Any
+    layers: Any
+    weights: Any
+    name: str
+
+    # compile -------------------------------------------------------------------------------
+    def compile(
+        self,
+        optimizer: Any = "rmsprop",
+        loss: Any = None,
+        loss_weights: Any = None,
+        metrics: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        unknown = set(kwargs) - {
+            "run_eagerly",
+            "jit_compile",
+            "steps_per_execution",
+            "auto_scale_loss",
+            "weighted_metrics",
+        }
+        if unknown:
+            raise ModelError(f"compile() got unknown argument(s): {', '.join(sorted(unknown))}")
+        self.optimizer = optimizers_mod.get(optimizer)
+        self._train_spec = {"loss": loss, "loss_weights": loss_weights, "metrics": metrics}
+        self._runner: Any = None
+        self._runner_key: Any = None
+        self.stop_training = False
+        self.history: History | None = None
+        self.compiled_metrics_names: list[str] = []
+
+    def _check_compiled(self) -> None:
+        if getattr(self, "_train_spec", None) is None:
+            raise ModelError(f"model '{self.name}' must be compiled first: call model.compile(optimizer, loss, ...)")
+
+    # Data ------------------------------------------------------------------------------------
+    def _as_inputs(self, x: Any) -> list[np.ndarray]:
+        names = [t.name for t in self.inputs]
+        if isinstance(x, dict):
+            missing = [n for n in names if n not in x]
+            if missing:
+                raise ModelError(f"missing input(s) {missing}; the model takes {names}")
+            items = [x[n] for n in names]
+        elif isinstance(x, list | tuple):
+            items = list(x)
+        else:
+            items = [x]
+        if len(items) != len(names):
+            raise ModelError(f"model '{self.name}' takes {len(names)} input(s) {names}, got {len(items)}")
+        out = []
+        for t, a in zip(self.inputs, items, strict=True):
+            arr = np.ascontiguousarray(np.asarray(a), dtype=t.dtype)
+            if arr.ndim != len(t.shape) or any(
+                d is not None and d != s for d, s in zip(t.shape[1:], arr.shape[1:], strict=False)
+            ):
+                raise ModelError(f"input '{t.name}' expects shape {t.shape}, got {arr.shape}")
+            out.append(arr)
+        return out
+
+    def _as_targets(self, y: Any) -> list[np.ndarray]:
+        names = [t.name for t in self.outputs]
+        if isinstance(y, dict):
+            items = [y[n] for n in names]
+        elif isinstance(y, list | tuple) and len(names) > 1:
+            items = list(y)
+        else:
+            items = [y]
+        if len(items) != len(names):
+            raise ModelError(f"model '{self.name}' has {len(names)} output(s) {names}, got {len(items)} target(s)")
+        out = []
+        for a in items:
+            arr = np.asarray(a)
+            arr = arr.astype(np.int64 if arr.dtype.kind in "iu" else np.float32, copy=False)
+            out.append(np.ascontiguousarray(arr))
+        return out
+
+    # The engine ------------------------------------------------------------------------------
+    def _per_output(self, spec: Any, what: str) -> list[Any]:
+        names = [t.name for t in self.outputs]
+        if isinstance(spec, dict):
+            unknown = set(spec) - set(names)
+            if unknown:
+                raise ModelError(f"{what} names unknown output(s) {sorted(unknown)}; the outputs are {names}")
+            return [spec.get(n) for n in names]
+        if isinstance(spec, list | tuple) and len(names) > 1 and what != "metrics":
+            if len(spec) != len(names):
+                raise ModelError(f"{what} has {len(spec)} entries for {len(names)} outputs")
+            return list(spec)
+        if (
+            what == "metrics"
+            and isinstance(spec, list | tuple)
+            and len(names) > 1
+            and all(isinstance(m, list | tuple) for m in spec)
+        ):
+            return list(spec)
+        return [spec] * len(names)
+
+    def _engine(self, y: list[np.ndarray]) -> Any:
+        from ..ir.types import TensorType
+        from .step import StepRunner, build_eval_graph, build_train_graph, target_types
+
+        self._check_compiled()
+        y_types = target_types(y)
+        trainable = tuple(id(w) for w in self.weights if w.trainable)
+        key = (tuple(y_types), trainable)
+        if self._runner is not None and self._runner_key == key:
+            self._runner.reload_changed_params()
+            return self._runner
+        if self._runner is not None:
+            self._runner.sync_to_model()
+        spec = self._train_spec
+        loss_list = [losses_mod.get(lo) if lo is not None else None for lo in self._per_output(spec["loss"], "loss")]
+        weights = spec["loss_weights"]
+        weight_list = (
+            [1.0 if w is None else float(w) for w in self._per_output(weights, "loss_weights")]
+            if weights is not None
+            else [1.0] * len(loss_list)
+        )
+        graph_preds = [
+            TensorType(t.dtype, ("batch", *(d if d is not None else f"d{i}" for i, d in enumerate(t.shape[1:]))))
+            for t in self.outputs
+        ]
+        from ..ir.builder import Builder
+
+        scratch = Builder()
+        metric_lists: list[list[Metric]] = []
+        names: list[str] = []
+        multi = len(self.outputs) > 1
+        for i, (ms, yt, pt, lo) in enumerate(
+            zip(self._per_output(spec["metrics"], "metrics"), y_types, graph_preds, loss_list, strict=True)
+        ):
+            items = [] if ms is None else list(ms) if isinstance(ms, list | tuple) else [ms]
+            yv = scratch.input(f"y{i}", yt)
+            pv = scratch.input(f"p{i}", pt)
+            sparse = isinstance(lo, losses_mod.SparseCategoricalCrossentropy)
+            objs = [metrics_mod.get(m, yv, pv, sparse_loss=sparse) for m in items]
+            metric_lists.append(objs)
+            names.extend(f"{self.outputs[i].name}_{m.name}" if multi else m.name for m in objs)
+        train = build_train_graph(self, self.optimizer, loss_list, weight_list, metric_lists, y_types)
+        evaluate = build_eval_graph(self, loss_list, weight_list, metric_lists, y_types)
+        self._runner = StepRunner(train, evaluate, self.optimizer)
+        self._runner_key = key
+        self._metric_objs = [m for ms in metric_lists for m in ms]
+        self.compiled_metrics_names = names
+        return self._runner
+
+    def _after_steps(self) -> None:
+        self._runner.sync_to_model()
+        self._compiled = None  # the inference compile caches the old weights
+
+    # Logs --------------------------------------------------------------------------------------
+    def _results(self, loss_total: float, loss_count: float, metric_acc: list[Metric]) -> dict[str, float]:
+        logs = {"loss": loss_total / loss_count if loss_count else 0.0}
+        for name, m in zip(self.compiled_metrics_names, metric_acc, strict=True):
+            logs[name] = m.result()
+        return logs
+
+    def _fresh_metrics(self) -> list[Metric]:
+        out = []
+        for m in self._metric_objs:
+            acc = Metric(m.name)
+            out.append(acc)
+        return out
+
+    # fit -----------------------------------------------------------------------------------------
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        epochs: int = 1,
+        verbose: Any = "auto",
+        callbacks: Sequence[Callback] | None = None,
+        validation_split: float = 0.0,
+        validation_data: Any = None,
+        shuffle: bool = True,
+        initial_epoch: int = 0,
+        validation_batch_size: int | None = None,
+        validation_freq: int = 1,
+        seed: int | None = None,
+    ) -> History:
+        self._check_compiled()
+        xs, ys = self._as_inputs(x), self._as_targets(y)
+        n = _num_samples(xs + ys)
+        if not 0.0 <= validation_split < 1.0:
+            raise ModelError(f"validation_split must be in [0, 1), got {validation_split}")
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, list | tuple) or len(validation_data) not in (2, 3):
+                raise ModelError("validation_data must be a tuple (x_val, y_val)")
+            val = (self._as_inputs(validation_data[0]), self._as_targets(validation_data[1]))
+        elif validation_split:
+            # As Keras: the last fraction of the samples, taken before any shuffling.
+            split = int(np.floor(n * (1.0 - validation_split)))
+            if split in (0, n):
+                raise ModelError(f"validation_split={validation_split} leaves no data for training or validation")
+            val = ([a[split:] for a in xs], [a[split:] for a in ys])
+            xs, ys = [a[:split] for a in xs], [a[:split] for a in ys]
+            n = split
+        batch_size = batch_size or 32
+        if batch_size <= 0:
+            raise ModelError(f"batch_size must be positive, got {batch_size}")
+        runner = self._engine(ys)
+        steps = -(-n // batch_size)
+        verbose = 1 if verbose == "auto" else int(verbose)
+        self.history = History()
+        cbs: list[Callback] = list(callbacks or [])
+        if verbose:
+            cbs.append(ProgbarLogger(verbose))
+        cbs.append(self.history)
+        cb = CallbackList(cbs, self, {"epochs": epochs, "steps": steps, "verbose": verbose})
+        rng = np.random.default_rng(seed if seed is not None else _draw_seed())
+        self.stop_training = False
+        logs: dict[str, float] = {}
+        cb.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            cb.on_epoch_begin(epoch)
+            runner.reload_changed_params()
+            accs = self._fresh_metrics()
+            loss_total = loss_count = 0.0
+            order = rng.permutation(n) if shuffle else None
+            for step in range(steps):
+                cb.on_train_batch_begin(step)
+                lo, hi = step * batch_size, min((step + 1) * batch_size, n)
+                if order is None:
+                    batch = [a[lo:hi] for a in xs + ys]
+                else:
+                    idx = order[lo:hi]
+                    batch = [a[idx] for a in xs + ys]
+                values = runner.train_step(batch)
+                size = hi - lo
+                loss_total += values[0] * size
+                loss_count += size
+                for j, m in enumerate(accs):
+                    m.update(values[1 + 2 * j], values[2 + 2 * j])
+                logs = self._results(loss_total, loss_count, accs)
+                cb.on_train_batch_end(step, logs)
+                if self.stop_training:
+                    break
+            self._after_steps()
+            if val is not None and (epoch + 1 - initial_epoch) % validation_freq == 0:
+                val_logs = self._evaluate_arrays(val[0], val[1], validation_batch_size or batch_size)
+                logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            cb.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        cb.on_train_end(logs)
+        self._after_steps()
+        return self.history
+
+    # evaluate / batches ----------------------------------------------------------------------------
+    def _evaluate_arrays(self, xs: list[np.ndarray], ys: list[np.ndarray], batch_size: int) -> dict[str, float]:
+        runner = self._engine(ys)
+        n = _num_samples(xs + ys)
+        accs = self._fresh_metrics()
+        loss_total = loss_count = 0.0
+        for lo in range(0, n, batch_size):
+            hi = min(lo + batch_size, n)
+            values = runner.eval_step([a[lo:hi] for a in xs + ys])
+            loss_total += values[0] * (hi - lo)
+            loss_count += hi - lo
+            for j, m in enumerate(accs):
+                m.update(values[1 + 2 * j], values[2 + 2 * j])
+        return self._results(loss_total, loss_count, accs)
+
+    def evaluate(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        verbose: Any = "auto",
+        return_dict: bool = False,
+    ) -> Any:
+        self._check_compiled()
+        logs = self._evaluate_arrays(self._as_inputs(x), self._as_targets(y), batch_size or 32)
+        if verbose not in (0, "auto", False):
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+        return _returned(logs, return_dict)
+
+    def train_on_batch(self, x: Any, y: Any = None, return_dict: bool = False) -> Any:
+        self._check_compiled()
+        xs, ys = self._as_inputs(x), self._as_targets(y)
+        runner = self._engine(ys)
+        values = runner.train_step(xs + ys)
+        self._after_steps()
+        accs = self._fresh_metrics()
+        for j, m in enumerate(accs):
+            m.update(values[1 + 2 * j], values[2 + 2 * j])
+        return _returned(self._results(values[0], 1.0, accs), return_dict)
+
+    def test_on_batch(self, x: Any, y: Any = None, return_dict: bool = False) -> Any:
+        self._check_compiled()
+        xs, ys = self._as_inputs(x), self._as_targets(y)
+        return _returned(self._evaluate_arrays(xs, ys, max(_num_samples(xs + ys), 1)), return_dict)
+
+    # Saving ----------------------------------------------------------------------------------------
+    def save_weights(self, filepath: str, overwrite: bool = True) -> None:
+        """Weights (in `weights` order, by name) and, when compiled, the optimizer's iteration
+        count, learning rate and slots, in one HDF5 file written atomically."""
+        import io
+        import json
+        import os
+
+        import h5py
+
+        from ..fileio import write_atomic
+
+        path = os.fspath(filepath)
+        if not overwrite and os.path.exists(path):
+            raise ModelError(f"{path} exists; pass overwrite=True to replace it")
+        if getattr(self, "_runner", None) is not None:
+            self._after_steps()
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
+            group = f.create_group("weights")
+            for i, w in enumerate(self.weights):
+                ds = group.create_dataset(str(i), data=w.data)
+                ds.attrs["name"] = w.name
+            opt = getattr(self, "optimizer", None)
+            if opt is not None:
+                og = f.create_group("optimizer")
+                og.attrs["class_name"] = type(opt).__name__
+                og.attrs["config"] = json.dumps(opt.get_config(), default=float)
+                og.attrs["iterations"] = opt.iterations
+                for name, slots in opt.variables.items():
+                    for j, v in enumerate(slots):
+                        og.create_dataset(f"{name}/{j}", data=v)
+        write_atomic(path, buf.getvalue())
+
+    def load_weights(self, filepath: str) -> None:
+        import os
+
+        import h5py
+
+        path = os.fspath(filepath)
+        if not os.path.exists(path):
+            raise ModelError(f"no weights file {path}")
+        with h5py.File(path, "r") as f:
+            group = f["weights"]
+            stored = [(group[str(i)].attrs["name"], np.asarray(group[str(i)])) for i in range(len(group))]
+            names = [w.name for w in self.weights]
+            if [n for n, _ in stored] != names:
+                raise ModelError(f"{path} holds weights {[n for n, _ in stored]}, the model has {names}")
+            self.set_weights([a for _, a in stored])  # type: ignore[attr-defined]
+            opt = getattr(self, "optimizer", None)
+            if opt is not None and "optimizer" in f:
+                og = f["optimizer"]
+                opt.iterations = int(og.attrs["iterations"])
+                variables: dict[str, list[np.ndarray]] = {}
+
+                def visit(name: str, obj: Any) -> None:
+                    if isinstance(obj, h5py.Dataset):
+                        weight, j = name.rsplit("/", 1)
+                        variables.setdefault(weight, []).append((int(j), np.asarray(obj)))  # type: ignore[arg-type]
+
+                og.visititems(visit)
+                opt.variables = {k: [a for _, a in sorted(v)] for k, v in variables.items()}  # type: ignore[misc]
+                if getattr(self, "_runner", None) is not None:
+                    self._runner.load_slots()
+
+    @property
+    def metrics_names(self) -> list[str]:
+        return ["loss", *getattr(self, "compiled_metrics_names", [])]
+
+
+def _returned(logs: dict[str, float], return_dict: bool) -> Any:
+    if return_dict:
+        return logs
+    values = list(logs.values())
+    return values[0] if len(values) == 1 else values
+
+
+def _num_samples(arrays: list[np.ndarray]) -> int:
+    sizes = {a.shape[0] for a in arrays}
+    if len(sizes) != 1:
+        raise ModelError(f"all inputs and targets must have the same number of samples, got {sorted(sizes)}")
+    n = sizes.pop()
+    if n == 0:
+        raise ModelError("there are no samples to train on")
+    return int(n)
+
+
+def _draw_seed() -> int:
+    from ..initializers import rng
+
+    return int(rng().integers(0, 2**31 - 1))

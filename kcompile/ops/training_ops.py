@@ -1,0 +1,667 @@
+"""Primitive ops that training needs besides the forward ops: the adjoints of the structural and
+window ops (what gradient rules emit), comparisons and index ops for losses and metrics, and the
+random mask of training-mode dropout.
+
+- `expand_like(x, like)`: x broadcast to like's shape; `reshape_like(x, like)`: x with like's shape.
+- `size(x, axes)`: the number of elements of x along `axes` (all when empty), as an x-typed scalar.
+- `slice(x, axes, starts, ends)`: the adjoint of `pad` (and `pad` of it).
+- `gather_grad(dy, indices, data_like)`: zeros shaped like data with dy scatter-added at indices.
+- `conv_grad_input(dy, w, x_like)` / `conv_grad_weight(x, dy, w_like)`: the adjoints of `conv`
+  (attributes as conv); `avg_pool_grad(dy, x_like)` / `max_pool_grad(x, dy)`: of pooling. Max
+  pooling routes each window's gradient to its first maximum (row-major), as torch and onnxruntime.
+- `compare(a, b, mode)` -> bool; `argmax(x, axis)` -> int64; `one_hot(indices, depth)`;
+  `log_softmax(x, axis)`.
+- `dropout_mask(x, rate, seed)`: keep-mask / (1 - rate) shaped like x; training-mode dropout is
+  `x * dropout_mask(x)`, so the backward pass reuses the forward's mask.
+
+The window adjoints lower to ONNX ConvTranspose / MaxPool indices + ScatterElements and need the
+spatial sizes to be static (the batch may stay symbolic).
+"""
+
+from __future__ import annotations
+
+import itertools
+import string
+from typing import Any
+
+import numpy as np
+
+from ..errors import LoweringError, ShapeError
+from ..ir.types import FLOAT_DTYPES, INT_DTYPES, TensorType, broadcast_shapes, normalize_axis
+from .nn import _WINDOW_ATTRS, _pads, _windows
+from .registry import Attr, OnnxEmitter, OpDef, RefContext, register
+
+
+def _onnx_type(dtype: str) -> int:
+    from onnx import helper
+
+    return int(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+
+
+def _static(t: TensorType, what: str) -> tuple[int, ...]:
+    if not all(isinstance(d, int) for d in t.shape):
+        raise LoweringError(f"{what} needs static sizes here, got {t}")
+    return tuple(int(d) for d in t.shape)  # type: ignore[arg-type]
+
+
+# expand_like / reshape_like / size -----------------------------------------------------------
+def _expand_like_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    x, like = types
+    try:
+        shape = broadcast_shapes(x.shape, like.shape)
+    except ShapeError:
+        raise ShapeError(f"expand_like cannot broadcast {x} to {like}") from None
+    return [x.with_shape(shape)]
+
+
+register(
+    OpDef(
+        "expand_like",
+        inputs=("x", "like"),
+        infer=_expand_like_infer,
+        reference=lambda ctx, xs, a: [np.broadcast_to(xs[0], np.broadcast_shapes(xs[0].shape, xs[1].shape)).copy()],
+        onnx=lambda e, ins, a, types: e.emit("Expand", [ins[0], e.emit("Shape", [ins[1]])[0]]),
+        doc="y = x broadcast to the shape of `like` (like's values are not read)",
+    )
+)
+
+
+def _reshape_like_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    x, like = types
+    n, m = x.numel(), like.numel()
+    if n is not None and m is not None and n != m:
+        raise ShapeError(f"reshape_like cannot reshape {x} to the shape of {like}")
+    return [x.with_shape(like.shape)]
+
+
+register(
+    OpDef(
+        "reshape_like",
+        inputs=("x", "like"),
+        infer=_reshape_like_infer,
+        reference=lambda ctx, xs, a: [xs[0].reshape(xs[1].shape)],
+        onnx=lambda e, ins, a, types: e.emit("Reshape", [ins[0], e.emit("Shape", [ins[1]])[0]]),
+        doc="y = x reshaped to the shape of `like` (like's values are not read)",
+    )
+)
+
+
+def _size_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    for ax in a["axes"]:
+        normalize_axis(ax, types[0].rank)
+    return [TensorType(a["dtype"], ())]
+
+
+def _size_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    x = xs[0]
+    n = x.size if not a["axes"] else int(np.prod([x.shape[ax] for ax in a["axes"]]))
+    return [np.array(n, dtype=a["dtype"])]
+
+
+def _size_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    if not a["axes"]:
+        n = e.emit("Size", [ins[0]])[0]
+    else:
+        dims = e.emit("Gather", [e.emit("Shape", [ins[0]])[0], e.const(np.array(a["axes"], np.int64), "axes")])[0]
+        n = e.emit("ReduceProd", [dims], keepdims=0)[0]
+    return e.emit("Cast", [n], to=_onnx_type(a["dtype"]))
+
+
+register(
+    OpDef(
+        "size",
+        inputs=("x",),
+        attrs=(Attr("axes", "ints", ()), Attr("dtype", "dtype", "float32")),
+        infer=_size_infer,
+        reference=_size_ref,
+        onnx=_size_onnx,
+        doc="y = the number of elements of x along `axes` (all axes when empty), a scalar of `dtype`",
+    )
+)
+
+
+# slice ---------------------------------------------------------------------------------
+def _slice_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    (x,) = types
+    axes, starts, ends = a["axes"], a["starts"], a["ends"]
+    if not len(axes) == len(starts) == len(ends):
+        raise ShapeError(f"slice needs as many starts and ends as axes, got {axes}, {starts}, {ends}")
+    shape = list(x.shape)
+    for ax, s, t in zip(axes, starts, ends, strict=True):
+        ax = normalize_axis(ax, x.rank)
+        d = x.shape[ax]
+        if not isinstance(d, int):
+            raise ShapeError(f"slice needs a static size on axis {ax}, got {x}")
+        if not 0 <= s <= t <= d:
+            raise ShapeError(f"slice [{s}:{t}] does not fit axis {ax} of {x}")
+        shape[ax] = t - s
+    return [x.with_shape(tuple(shape))]
+
+
+def _slice_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    index = [slice(None)] * xs[0].ndim
+    for ax, s, t in zip(a["axes"], a["starts"], a["ends"], strict=True):
+        index[ax] = slice(s, t)
+    return [xs[0][tuple(index)].copy()]
+
+
+def _slice_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    consts = [e.const(np.array(a[k], np.int64), k) for k in ("starts", "ends", "axes")]
+    return e.emit("Slice", [ins[0], *consts])
+
+
+register(
+    OpDef(
+        "slice",
+        inputs=("x",),
+        attrs=(Attr("axes", "ints"), Attr("starts", "ints"), Attr("ends", "ints")),
+        infer=_slice_infer,
+        reference=_slice_ref,
+        onnx=_slice_onnx,
+        doc="y = x[starts:ends] along each of `axes` (static, non-negative bounds)",
+    )
+)
+
+
+# gather_grad ---------------------------------------------------------------------------------
+def _gather_grad_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    dy, idx, data = types
+    if idx.dtype not in INT_DTYPES:
+        raise ShapeError(f"gather_grad indices must be int32 or int64, got {idx}")
+    normalize_axis(a["axis"], data.rank)
+    if dy.rank != data.rank - 1 + idx.rank or dy.dtype != data.dtype:
+        raise ShapeError(f"gather_grad: {dy} is not the gradient of gathering {idx} from {data}")
+    return [data]
+
+
+def _gather_grad_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    dy, idx, data = xs
+    axis = a["axis"] % data.ndim
+    out = np.zeros(data.shape, dy.dtype)
+    view = np.moveaxis(out, axis, 0)  # a view: writes land in `out`
+    r = idx.ndim
+    moved = np.moveaxis(dy, list(range(axis, axis + r)), list(range(r)))
+    flat = idx.astype(np.int64).reshape(-1) % data.shape[axis]
+    np.add.at(view, flat, moved.reshape((flat.size, *view.shape[1:])))
+    return [out]
+
+
+def _gather_grad_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    dy, idx, data = ins
+    data_t, idx_t = types[2], types[1]
+    rank, r = data_t.rank, idx_t.rank
+    axis = a["axis"] % rank
+    n = data_t.shape[axis]
+    if not isinstance(n, int):
+        raise LoweringError(f"gather_grad needs a static size on the gathered axis, got {data_t}")
+    if idx_t.dtype != "int64":
+        idx = e.emit("Cast", [idx], to=_onnx_type("int64"))[0]
+    nn_ = e.const(np.array(n, np.int64), "n")
+    idx = e.emit("Mod", [e.emit("Add", [idx, nn_])[0], nn_])[0]  # negative indices count from the end
+    perm_data = [axis, *[i for i in range(rank) if i != axis]]
+    dy_rank = rank - 1 + r
+    perm_dy = [*range(axis, axis + r), *[i for i in range(dy_rank) if not axis <= i < axis + r]]
+    data_moved = e.emit("Transpose", [data], perm=perm_data)[0] if axis != 0 else data
+    zeros = e.emit("ConstantOfShape", [e.emit("Shape", [data_moved])[0]], value=_tensor(np.zeros(1, data_t.dtype)))[0]
+    updates = e.emit("Transpose", [dy], perm=perm_dy)[0] if perm_dy != list(range(dy_rank)) else dy
+    index = e.emit("Unsqueeze", [idx, e.const(np.array([-1], np.int64), "axes")])[0]
+    out = e.emit("ScatterND", [zeros, index, updates], reduction="add")[0]
+    inverse = list(np.argsort(perm_data))
+    return e.emit("Transpose", [out], perm=[int(i) for i in inverse]) if axis != 0 else [out]
+
+
+def _tensor(array: np.ndarray) -> Any:
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(array)
+
+
+register(
+    OpDef(
+        "gather_grad",
+        inputs=("dy", "indices", "data_like"),
+        attrs=(Attr("axis", "int", 0),),
+        infer=_gather_grad_infer,
+        reference=_gather_grad_ref,
+        onnx=_gather_grad_onnx,
+        doc="y = zeros shaped like data with dy added at `indices` along `axis` (repeats accumulate)",
+    )
+)
+
+
+# window adjoints -----------------------------------------------------------------------------
+def _window_params(a: dict[str, Any], nd: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return a["strides"] or (1,) * nd, a.get("dilations") or (1,) * nd
+
+
+def _scatter_windows(
+    contrib: Any, shape: tuple[int, ...], kernel: tuple[int, ...], a: dict[str, Any], out: tuple[int, ...]
+) -> np.ndarray:
+    """Adjoint of `_windows`: sum contrib(k) [N, C, *out] into the padded input at window offset k."""
+    nd = len(kernel)
+    strides, dil = _window_params(a, nd)
+    pads = _pads(shape[2:], kernel, a)
+    padded = tuple(n + pb + pe for n, (pb, pe) in zip(shape[2:], pads, strict=True))
+    acc: np.ndarray | None = None
+    for kk in itertools.product(*(range(k) for k in kernel)):
+        c = contrib(kk)
+        if acc is None:
+            acc = np.zeros(shape[:2] + padded, c.dtype)
+        index = (slice(None), slice(None)) + tuple(
+            slice(k * d, k * d + s * (o - 1) + 1, s) for k, d, s, o in zip(kk, dil, strides, out, strict=True)
+        )
+        acc[index] += c
+    assert acc is not None
+    crop = (slice(None), slice(None)) + tuple(slice(pb, pb + n) for n, (pb, _) in zip(shape[2:], pads, strict=True))
+    return acc[crop]
+
+
+def _transpose_pads(
+    spatial: tuple[int, ...], out: tuple[int, ...], kernel: tuple[int, ...], a: dict[str, Any]
+) -> dict[str, Any]:
+    """ConvTranspose attributes that map a window op's output grid back onto its input exactly."""
+    nd = len(kernel)
+    strides, dil = _window_params(a, nd)
+    pads = _pads(spatial, kernel, a)
+    extra = []
+    for n, o, k, s, d, (pb, pe) in zip(spatial, out, kernel, strides, dil, pads, strict=True):
+        extra.append(n - (s * (o - 1) + (k - 1) * d + 1 - pb - pe))
+    return {
+        "strides": list(strides),
+        "dilations": list(dil),
+        "pads": [p[0] for p in pads] + [p[1] for p in pads],
+        "output_padding": extra,
+    }
+
+
+def _conv_out(x: TensorType, w: TensorType, a: dict[str, Any]) -> TensorType:
+    from .nn import _conv_infer
+
+    return _conv_infer([x, w], a)[0]
+
+
+def _conv_grad_input_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    dy, w, x = types
+    want = _conv_out(x, w, a)
+    if dy.rank != want.rank or dy.dtype != want.dtype:
+        raise ShapeError(f"conv_grad_input: {dy} is not the gradient of conv({x}, {w}) = {want}")
+    return [x]
+
+
+def _conv_grad_input_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    dy, w, x = xs
+    g = a["group"]
+    n, o = dy.shape[:2]
+    c = x.shape[1]
+    dyg = dy.reshape((n, g, o // g) + dy.shape[2:])
+    wg = w.reshape((g, o // g, c // g) + w.shape[2:])
+
+    def contrib(kk: tuple[int, ...]) -> np.ndarray:
+        index: tuple[Any, ...] = (Ellipsis, *kk)
+        part = np.einsum("ngo...,goc->ngc...", dyg, wg[index])
+        return part.reshape((n, c) + dy.shape[2:])
+
+    dx = _scatter_windows(contrib, x.shape, w.shape[2:], a, dy.shape[2:])
+    return [dx.astype(dy.dtype)]
+
+
+def _conv_grad_input_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    dy_t, w_t, x_t = types
+    spatial = _static(x_t.with_shape(x_t.shape[2:]), "conv_grad_input")
+    kernel = tuple(int(k) for k in w_t.shape[2:])  # type: ignore[arg-type]
+    out = _static(dy_t.with_shape(dy_t.shape[2:]), "conv_grad_input")
+    attrs = _transpose_pads(spatial, out, kernel, a)
+    return e.emit("ConvTranspose", ins[:2], group=a["group"], **attrs)
+
+
+_CONV_ATTRS = (*_WINDOW_ATTRS, Attr("dilations", "ints", ()), Attr("group", "int", 1))
+
+register(
+    OpDef(
+        "conv_grad_input",
+        inputs=("dy", "w", "x_like"),
+        attrs=_CONV_ATTRS,
+        infer=_conv_grad_input_infer,
+        reference=_conv_grad_input_ref,
+        onnx=_conv_grad_input_onnx,
+        doc="dx of y = conv(x, w) given dy (a transposed convolution); attributes as conv",
+    )
+)
+
+
+def _conv_grad_weight_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    x, dy, w = types
+    want = _conv_out(x, w, a)
+    if dy.rank != want.rank or dy.dtype != want.dtype:
+        raise ShapeError(f"conv_grad_weight: {dy} is not the gradient of conv({x}, {w}) = {want}")
+    return [w]
+
+
+def _conv_grad_weight_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    x, dy, w = xs
+    nd = x.ndim - 2
+    g = a["group"]
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    win = _windows(x, w.shape[2:], a, 0.0)  # [N, C, *out, *k]
+    win = win.reshape((n, g, c // g) + win.shape[2:])
+    dyg = dy.reshape((n, g, o // g) + dy.shape[2:])
+    letters = string.ascii_lowercase
+    out_ax, k_ax = letters[:nd], letters[nd : 2 * nd]
+    dw = np.einsum(f"NGC{out_ax}{k_ax},NGO{out_ax}->GOC{k_ax}", win, dyg, optimize=True)
+    return [dw.reshape(w.shape).astype(x.dtype)]
+
+
+def _conv_grad_weight_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    # dw[o, c, k] = sum_{n, p} x_pad[n, c, p*s + k*d] dy[n, o, p]. The columns x_pad[.., p*s + k*d]
+    # for every kernel offset k are strided slices of x; stacked [N, g, Cg*K, P] they meet dy
+    # [N, g, P, Og] in one batched MatMul, summed over the batch.
+    x, dy, _ = ins
+    x_t, _dy_t, w_t = types
+    nd = x_t.rank - 2
+    spatial = _static(x_t.with_shape(x_t.shape[2:]), "conv_grad_weight")
+    w_shape = _static(w_t, "conv_grad_weight")
+    o, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
+    strides, dil = _window_params(a, nd)
+    pads = _pads(spatial, kernel, a)
+    if any(pb or pe for pb, pe in pads):
+        flat = [0, 0] + [p[0] for p in pads] + [0, 0] + [p[1] for p in pads]
+        x = e.emit("Pad", [x, e.const(np.array(flat, np.int64), "pads")])[0]
+    g = a["group"]
+    out = tuple(
+        (n + pb + pe - ((k - 1) * dd + 1)) // ss + 1
+        for n, (pb, pe), k, dd, ss in zip(spatial, pads, kernel, dil, strides, strict=True)
+    )
+    positions = int(np.prod(out))
+    axes = e.const(np.arange(2, 2 + nd, dtype=np.int64), "axes")
+    steps = e.const(np.array(strides, np.int64), "steps")
+    col_shape = e.const(np.array([0, g, cg, 1, positions], np.int64), "shape")
+    columns = []
+    for kk in itertools.product(*(range(k) for k in kernel)):
+        starts = [k * dd for k, dd in zip(kk, dil, strict=True)]
+        ends = [st + ss * (n - 1) + 1 for st, ss, n in zip(starts, strides, out, strict=True)]
+        cut = e.emit(
+            "Slice",
+            [x, e.const(np.array(starts, np.int64), "starts"), e.const(np.array(ends, np.int64), "ends"), axes, steps],
+        )[0]
+        columns.append(e.emit("Reshape", [cut, col_shape])[0])  # [N, g, Cg, 1, P]
+    cols = e.emit("Concat", columns, axis=3)[0] if len(columns) > 1 else columns[0]  # [N, g, Cg, K, P]
+    cols = e.emit("Reshape", [cols, e.const(np.array([0, g, cg * len(columns), positions], np.int64), "shape")])[0]
+    dyg = e.emit("Reshape", [dy, e.const(np.array([0, g, o // g, positions], np.int64), "shape")])[0]
+    dyt = e.emit("Transpose", [dyg], perm=[0, 1, 3, 2])[0]  # [N, g, P, Og]
+    per_sample = e.emit("MatMul", [cols, dyt])[0]  # [N, g, Cg*K, Og]
+    total = e.emit("ReduceSum", [per_sample, e.const(np.array([0], np.int64), "axes")], keepdims=0)[0]
+    total = e.emit("Transpose", [total], perm=[0, 2, 1])[0]  # [g, Og, Cg*K]
+    return e.emit("Reshape", [total, e.const(np.array(w_shape, np.int64), "shape")])
+
+
+register(
+    OpDef(
+        "conv_grad_weight",
+        inputs=("x", "dy", "w_like"),
+        attrs=_CONV_ATTRS,
+        infer=_conv_grad_weight_infer,
+        reference=_conv_grad_weight_ref,
+        onnx=_conv_grad_weight_onnx,
+        doc="dw of y = conv(x, w) given dy; attributes as conv",
+    )
+)
+
+
+def _pool_out(x: TensorType, a: dict[str, Any]) -> TensorType:
+    from .nn import _pool_infer
+
+    return _pool_infer([x], a)[0]
+
+
+def _avg_pool_grad_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    dy, x = types
+    want = _pool_out(x, a)
+    if dy.rank != want.rank or dy.dtype != x.dtype:
+        raise ShapeError(f"avg_pool_grad: {dy} is not the gradient of avg_pool({x}) = {want}")
+    return [x]
+
+
+def _pool_counts(spatial: tuple[int, ...], a: dict[str, Any], dtype: Any) -> np.ndarray:
+    ones = np.ones((1, 1, *spatial), dtype)
+    return _windows(ones, a["kernel"], a, 0.0).sum(axis=tuple(range(-len(spatial), 0)))
+
+
+def _avg_pool_grad_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    dy, x = xs
+    scaled = dy / _pool_counts(x.shape[2:], a, dy.dtype)
+    dx = _scatter_windows(lambda kk: scaled, x.shape, a["kernel"], a, dy.shape[2:])
+    return [dx.astype(dy.dtype)]
+
+
+def _avg_pool_grad_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    _dy_t, x_t = types
+    xs = _static(x_t.with_shape(x_t.shape[1:]), "avg_pool_grad")
+    c, spatial = xs[0], xs[1:]
+    kernel = tuple(a["kernel"])
+    counts = _pool_counts(spatial, a, np.dtype(x_t.dtype))
+    scaled = e.emit("Div", [ins[0], e.const(counts.astype(x_t.dtype), "counts")])[0]
+    ones = e.const(np.ones((c, 1, *kernel), x_t.dtype), "ones")
+    attrs = _transpose_pads(spatial, tuple(int(d) for d in counts.shape[2:]), kernel, a)
+    attrs.pop("dilations")
+    return e.emit("ConvTranspose", [scaled, ones], group=c, **attrs)
+
+
+register(
+    OpDef(
+        "avg_pool_grad",
+        inputs=("dy", "x_like"),
+        attrs=(Attr("kernel", "ints"), *_WINDOW_ATTRS),
+        infer=_avg_pool_grad_infer,
+        reference=_avg_pool_grad_ref,
+        onnx=_avg_pool_grad_onnx,
+        doc="dx of y = avg_pool(x) given dy (padding excluded from each window's count)",
+    )
+)
+
+
+def _max_pool_grad_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    x, dy = types
+    want = _pool_out(x, a)
+    if dy.rank != want.rank or dy.dtype != x.dtype:
+        raise ShapeError(f"max_pool_grad: {dy} is not the gradient of max_pool({x}) = {want}")
+    return [x]
+
+
+def _max_pool_grad_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    x, dy = xs
+    kernel = tuple(a["kernel"])
+    nd = len(kernel)
+    win = _windows(x, kernel, a, -np.inf)  # [N, C, *out, *k]
+    out = win.shape[2 : 2 + nd]
+    first = win.reshape(win.shape[: 2 + nd] + (-1,)).argmax(axis=-1)  # first maximum, row-major
+    offsets = np.unravel_index(first, kernel)
+
+    def contrib(kk: tuple[int, ...]) -> np.ndarray:
+        hit = np.ones(first.shape, bool)
+        for off, k in zip(offsets, kk, strict=True):
+            hit &= off == k
+        return np.where(hit, dy, 0).astype(dy.dtype)
+
+    return [_scatter_windows(contrib, x.shape, kernel, a, out)]
+
+
+def _max_pool_grad_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    x, dy = ins
+    attrs: dict[str, Any] = {"kernel_shape": list(a["kernel"]), "auto_pad": a["auto_pad"]}
+    if a["strides"]:
+        attrs["strides"] = list(a["strides"])
+    if a["pads"] and a["auto_pad"] == "NOTSET":
+        attrs["pads"] = list(a["pads"])
+    _, indices = e.emit("MaxPool", [x], n_out=2, **attrs)  # flat indices into x (N, C included)
+    flat = e.const(np.array([-1], np.int64), "flat")
+    n = e.emit("Unsqueeze", [e.emit("Size", [x])[0], e.const(np.array([0], np.int64), "axes")])[0]
+    zeros = e.emit("ConstantOfShape", [n], value=_tensor(np.zeros(1, types[0].dtype)))[0]
+    scattered = e.emit(
+        "ScatterElements",
+        [zeros, e.emit("Reshape", [indices, flat])[0], e.emit("Reshape", [dy, flat])[0]],
+        axis=0,
+        reduction="add",
+    )[0]
+    return e.emit("Reshape", [scattered, e.emit("Shape", [x])[0]])
+
+
+register(
+    OpDef(
+        "max_pool_grad",
+        inputs=("x", "dy"),
+        attrs=(Attr("kernel", "ints"), *_WINDOW_ATTRS),
+        infer=_max_pool_grad_infer,
+        reference=_max_pool_grad_ref,
+        onnx=_max_pool_grad_onnx,
+        doc="dx of y = max_pool(x) given dy: each window's dy goes to its first maximum (row-major)",
+    )
+)
+
+
+# comparisons, index ops, log_softmax -------------------------------------------------------
+_COMPARE = {
+    "equal": (np.equal, "Equal"),
+    "greater": (np.greater, "Greater"),
+    "greater_equal": (np.greater_equal, "GreaterOrEqual"),
+    "less": (np.less, "Less"),
+    "less_equal": (np.less_equal, "LessOrEqual"),
+}
+
+
+def _compare_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    x, y = types
+    if x.dtype != y.dtype:
+        raise ShapeError(f"compare operands have different dtypes: {x} and {y}")
+    try:
+        return [TensorType("bool", broadcast_shapes(x.shape, y.shape))]
+    except ShapeError:
+        raise ShapeError(f"cannot broadcast {x} with {y}") from None
+
+
+register(
+    OpDef(
+        "compare",
+        inputs=("a", "b"),
+        attrs=(Attr("mode", "str", choices=tuple(_COMPARE)),),
+        infer=_compare_infer,
+        reference=lambda ctx, xs, a: [np.asarray(_COMPARE[a["mode"]][0](xs[0], xs[1]))],
+        onnx=lambda e, ins, a, types: e.emit(_COMPARE[a["mode"]][1], ins),
+        doc="y = a <mode> b elementwise (equal, greater, greater_equal, less, less_equal), bool",
+    )
+)
+
+
+def _argmax_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    (x,) = types
+    axis = normalize_axis(a["axis"], x.rank)
+    shape = tuple(1 if i == axis else d for i, d in enumerate(x.shape) if a["keepdims"] or i != axis)
+    return [TensorType("int64", shape)]
+
+
+register(
+    OpDef(
+        "argmax",
+        inputs=("x",),
+        attrs=(Attr("axis", "int", -1), Attr("keepdims", "bool", False)),
+        infer=_argmax_infer,
+        reference=lambda ctx, xs, a: [
+            np.asarray(np.argmax(xs[0], axis=a["axis"], keepdims=a["keepdims"])).astype(np.int64)
+        ],
+        onnx=lambda e, ins, a, types: e.emit("ArgMax", ins, axis=a["axis"], keepdims=int(a["keepdims"])),
+        doc="y = the index of the first maximum along `axis` (int64)",
+    )
+)
+
+
+def _one_hot_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    (idx,) = types
+    if idx.dtype not in INT_DTYPES:
+        raise ShapeError(f"one_hot needs integer indices, got {idx}")
+    if a["depth"] <= 0:
+        raise ShapeError(f"one_hot depth must be positive, got {a['depth']}")
+    return [TensorType(a["dtype"], (*idx.shape, a["depth"]))]
+
+
+def _one_hot_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    depth = e.const(np.array(a["depth"], np.int64), "depth")
+    values = e.const(np.array([0, 1], a["dtype"]), "onehot_values")
+    return e.emit("OneHot", [ins[0], depth, values], axis=-1)
+
+
+register(
+    OpDef(
+        "one_hot",
+        inputs=("indices",),
+        attrs=(Attr("depth", "int"), Attr("dtype", "dtype", "float32")),
+        infer=_one_hot_infer,
+        reference=lambda ctx, xs, a: [(xs[0][..., None] == np.arange(a["depth"])).astype(a["dtype"])],
+        onnx=_one_hot_onnx,
+        doc="y[..., k] = 1 where indices == k else 0, a new last axis of size `depth`",
+    )
+)
+
+
+def _log_softmax_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    x = xs[0]
+    z = x - x.max(axis=a["axis"], keepdims=True)
+    return [(z - np.log(np.exp(z).sum(axis=a["axis"], keepdims=True))).astype(x.dtype)]
+
+
+def _float_axis_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    normalize_axis(a["axis"], types[0].rank)
+    if types[0].dtype not in FLOAT_DTYPES:
+        raise ShapeError(f"log_softmax needs a floating-point input, got {types[0]}")
+    return [types[0]]
+
+
+register(
+    OpDef(
+        "log_softmax",
+        inputs=("x",),
+        attrs=(Attr("axis", "int", -1),),
+        infer=_float_axis_infer,
+        reference=_log_softmax_ref,
+        onnx=lambda e, ins, a, types: e.emit("LogSoftmax", ins, axis=a["axis"]),
+        doc="y = x - log(sum(exp(x))) along `axis`, computed stably",
+    )
+)
+
+
+# dropout_mask --------------------------------------------------------------------------------
+def _mask_scale(rate: float) -> float:
+    return 0.0 if rate >= 1.0 else 1.0 / (1.0 - rate)
+
+
+def _dropout_mask_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    if types[0].dtype not in FLOAT_DTYPES:
+        raise ShapeError(f"dropout_mask needs a floating-point input, got {types[0]}")
+    if not 0.0 <= a["rate"] <= 1.0:
+        raise ShapeError(f"dropout rate must be in [0, 1], got {a['rate']}")
+    return [types[0]]
+
+
+def _dropout_mask_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    keep = ctx.rng(a["seed"]).random(xs[0].shape) >= a["rate"]
+    return [(keep * _mask_scale(a["rate"])).astype(xs[0].dtype)]
+
+
+def _dropout_mask_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    dtype = types[0].dtype
+    draw = e.emit("RandomUniformLike", [ins[0]], dtype=_onnx_type(dtype), seed=float(a["seed"]))[0]
+    keep = e.emit("GreaterOrEqual", [draw, e.const(np.array(a["rate"], dtype), "rate")])[0]
+    mask = e.emit("Cast", [keep], to=_onnx_type(dtype))[0]
+    return e.emit("Mul", [mask, e.const(np.array(_mask_scale(a["rate"]), dtype), "scale")])
+
+
+register(
+    OpDef(
+        "dropout_mask",
+        inputs=("x",),
+        attrs=(Attr("rate", "float"), Attr("seed", "int", 0)),
+        infer=_dropout_mask_infer,
+        reference=_dropout_mask_ref,
+        onnx=_dropout_mask_onnx,
+        doc="y = keep / (1 - rate), keep ~ Bernoulli(1 - rate), shaped like x (seeded; a new draw per run)",
+    )
+)

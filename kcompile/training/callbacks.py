@@ -1,0 +1,361 @@
+"""Keras-style callbacks and the progress bar that `fit` prints.
+
+Hooks and their order are Keras': on_train_begin, per epoch on_epoch_begin, per batch
+on_train_batch_begin/end, on_epoch_end (logs include val_* after validation), on_train_end.
+`model.stop_training = True` ends training after the current batch/epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
+
+import numpy as np
+
+from ..errors import ModelError
+
+
+class Callback:
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.params: dict[str, Any] = {}
+
+    def set_model(self, model: Any) -> None:
+        self.model = model
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None: ...
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None: ...
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None: ...
+    def on_train_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None: ...
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None: ...
+
+
+class CallbackList(Callback):
+    def __init__(self, callbacks: Iterable[Callback], model: Any, params: dict[str, Any]) -> None:
+        super().__init__()
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise ModelError(f"callbacks must be kc.callbacks.Callback objects, got {type(cb).__name__}")
+            cb.set_model(model)
+            cb.set_params(params)
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(*args)
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self._call("on_train_begin", logs)
+
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+        self._call("on_train_end", logs)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self._call("on_epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self._call("on_epoch_end", epoch, logs)
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        self._call("on_train_batch_begin", batch, logs)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        self._call("on_train_batch_end", batch, logs)
+
+
+class History(Callback):
+    """`history.history[name]` = one value per epoch; `history.epoch` = the epoch indices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.epoch.append(epoch)
+        for k, v in (logs or {}).items():
+            self.history.setdefault(k, []).append(v)
+
+
+def _format_value(v: float) -> str:
+    return f"{v:.4f}" if abs(v) > 1e-3 else f"{v:.4e}"
+
+
+def _format_time(per_unit: float, unit: str = "step") -> str:
+    if per_unit >= 1 or per_unit == 0:
+        return f" {per_unit:.0f}s/{unit}"
+    if per_unit >= 1e-3:
+        return f" {per_unit * 1e3:.0f}ms/{unit}"
+    return f" {per_unit * 1e6:.0f}us/{unit}"
+
+
+class ProgbarLogger(Callback):
+    """Keras 3's progress bar: `12/50 ━━━━━━━━━━━━━━━━━━━━ 1s 5ms/step - accuracy: 0.9 - loss: 0.3`.
+
+    verbose=1 redraws one line per epoch (at most every 0.05 s), verbose=2 prints one line per
+    epoch at its end. The values shown are the epoch's running values (as Keras' stateful metrics).
+    """
+
+    def __init__(self, verbose: int = 1, stream: TextIO | None = None, interval: float = 0.05) -> None:
+        super().__init__()
+        self.verbose, self.interval = verbose, interval
+        self.stream = stream
+        self._dynamic = False
+
+    def _out(self) -> TextIO:
+        return self.stream or sys.stdout
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        out = self._out()
+        self._dynamic = bool(getattr(out, "isatty", lambda: False)()) or "ipykernel" in sys.modules
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.target = self.params.get("steps")
+        self._start = time.time()
+        self._last = 0.0
+        self._width = 0
+        self._first_step_end: float | None = None
+        if self.verbose and self.params.get("epochs", 1) > 0:
+            self._out().write(f"Epoch {epoch + 1}/{self.params.get('epochs')}\n")
+
+    def _per_step(self, current: int, now: float) -> float:
+        if current <= 1 or self._first_step_end is None:
+            return (now - self._start) / max(current, 1)
+        return (now - self._first_step_end) / (current - 1)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        now = time.time()
+        if batch == 0:
+            self._first_step_end = now
+        if self.verbose == 1 and (now - self._last >= self.interval or batch + 1 == self.target):
+            self._draw(batch + 1, logs or {}, final=False, now=now)
+            self._last = now
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        now = time.time()
+        current = self.target or 0
+        if self.verbose == 1:
+            self._draw(current, logs or {}, final=True, now=now)
+        elif self.verbose == 2:
+            digits = int(math.log10(max(current, 1))) + 1
+            per_step = _format_time(self._per_step(current, now))
+            line = f"{current:{digits}d}/{current} - {now - self._start:.0f}s -{per_step}"
+            line += "".join(f" - {k}: {_format_value(v)}" for k, v in _ordered(logs or {}))
+            self._out().write(line + "\n")
+        self._out().flush()
+
+    def _draw(self, current: int, logs: dict[str, float], final: bool, now: float) -> None:
+        target = self.target or 0
+        digits = int(math.log10(max(target, 1))) + 1
+        bar = f"{current:{digits}d}/{target} "
+        filled = int(20 * current / target) if target else 0
+        bar += "━" * filled + ("━" * (20 - filled) if self._dynamic else " " * (20 - filled))
+        per = self._per_step(current, now)
+        if final or current >= target:
+            info = f" {now - self._start:.0f}s"
+        else:
+            info = f" {per * (target - current):.0f}s"
+        info += _format_time(per)
+        info += "".join(f" - {k}: {_format_value(v)}" for k, v in _ordered(logs))
+        line = bar + info
+        out = self._out()
+        if self._dynamic:
+            pad = " " * max(self._width - len(line), 0)
+            out.write("\r" + line + pad + ("\n" if final else ""))
+        elif final:
+            out.write(line + "\n")
+        self._width = len(line)
+        out.flush()
+
+
+def _ordered(logs: dict[str, float]) -> list[tuple[str, float]]:
+    train = sorted((k, v) for k, v in logs.items() if not k.startswith("val_"))
+    val = sorted((k, v) for k, v in logs.items() if k.startswith("val_"))
+    return train + val
+
+
+# Monitoring callbacks ----------------------------------------------------------------------
+def _mode_op(mode: str, monitor: str) -> Callable[[float, float], bool]:
+    if mode not in ("auto", "min", "max"):
+        raise ModelError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "max" or (mode == "auto" and ("acc" in monitor or monitor.endswith("auc"))):
+        return lambda a, b: a > b
+    return lambda a, b: a < b
+
+
+class EarlyStopping(Callback):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        min_delta: float = 0.0,
+        patience: int = 0,
+        verbose: int = 0,
+        mode: str = "auto",
+        baseline: float | None = None,
+        restore_best_weights: bool = False,
+        start_from_epoch: int = 0,
+    ) -> None:
+        super().__init__()
+        self.monitor, self.patience, self.verbose = monitor, patience, verbose
+        self.baseline, self.restore_best_weights, self.start_from_epoch = (
+            baseline,
+            restore_best_weights,
+            start_from_epoch,
+        )
+        self.better = _mode_op(mode, monitor)
+        self.min_delta = abs(min_delta) if self.better(1, 0) else -abs(min_delta)
+        self.stopped_epoch = 0
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self.wait = 0
+        self.best: float | None = None
+        self.best_weights: list[np.ndarray] | None = None
+        self.best_epoch = 0
+        self.stopped_epoch = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        current = (logs or {}).get(self.monitor)
+        if current is None or epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.get_weights()
+        self.wait += 1
+        if self.best is None or self.better(current - self.min_delta, self.best):
+            self.best, self.best_epoch = current, epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or self.better(current, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+        if self.stopped_epoch > 0 and self.verbose:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose:
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            self.model.set_weights(self.best_weights)
+
+
+class LearningRateScheduler(Callback):
+    def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0) -> None:
+        super().__init__()
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        lr = float(self.model.optimizer.current_learning_rate())
+        new = float(self.schedule(epoch, lr))
+        self.model.optimizer.learning_rate = new
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {new}.")
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.current_learning_rate())
+
+
+class ReduceLROnPlateau(Callback):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        verbose: int = 0,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if factor >= 1.0:
+            raise ModelError("ReduceLROnPlateau does not support a factor >= 1.0")
+        self.monitor, self.factor, self.patience, self.verbose = monitor, factor, patience, verbose
+        self.min_delta, self.cooldown, self.min_lr = min_delta, cooldown, min_lr
+        self.better = _mode_op(mode, monitor)
+        self.min_delta = abs(min_delta) if self.better(1, 0) else -abs(min_delta)
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self.best: float | None = None
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs if logs is not None else {}
+        logs["learning_rate"] = float(self.model.optimizer.current_learning_rate())
+        current = logs.get(self.monitor)
+        if current is None:
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self.best is None or self.better(current - self.min_delta, self.best):
+            self.best, self.wait = current, 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = float(self.model.optimizer.current_learning_rate())
+                if old > np.float32(self.min_lr):
+                    new = max(old * self.factor, self.min_lr)
+                    self.model.optimizer.learning_rate = new
+                    if self.verbose:
+                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}.")
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+
+class CSVLogger(Callback):
+    """One row per epoch: `epoch` then the sorted log keys."""
+
+    def __init__(self, filename: str, separator: str = ",", append: bool = False) -> None:
+        super().__init__()
+        self.filename, self.sep, self.append = os.fspath(filename), separator, append
+        self.keys: list[str] | None = None
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        exists = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
+        self.file = open(self.filename, "a" if self.append else "w", newline="")
+        self.keys = None
+        self._header_written = exists
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(logs)
+        writer = csv.writer(self.file, delimiter=self.sep)
+        if not self._header_written:
+            writer.writerow(["epoch", *self.keys])
+            self._header_written = True
+        writer.writerow([epoch, *(logs.get(k, "NA") for k in self.keys)])
+        self.file.flush()
+
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+        self.file.close()
+
+
+class TerminateOnNaN(Callback):
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            print(f"Batch {batch}: Invalid loss, terminating training")
+            self.model.stop_training = True
+
+
+class LambdaCallback(Callback):
+    def __init__(self, **hooks: Callable[..., Any]) -> None:
+        super().__init__()
+        for name, fn in hooks.items():
+            if not hasattr(Callback, name):
+                raise ModelError(f"LambdaCallback has no hook {name!r}")
+            setattr(self, name, fn)

@@ -1,0 +1,355 @@
+"""The training API and the step graph: losses and metrics against Keras' formulas (NumPy),
+the onnxruntime step against the reference interpreter, fit/evaluate/train_on_batch behaviour,
+frozen layers, callbacks, and resuming from a checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+
+import kcompile as kc
+from kcompile.errors import ModelError
+from kcompile.ir import Builder, TensorType, run_graph
+from kcompile.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D
+from kcompile.training import callbacks, losses, metrics, optimizers
+from kcompile.training.step import build_train_graph
+
+EPS = 1e-7
+
+
+# Losses and metrics: Keras 3's definitions written in NumPy ----------------------------------
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _cce(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(p / p.sum(-1, keepdims=True), EPS, 1 - EPS)
+    return -(t * np.log(p)).sum(-1)
+
+
+def _bce(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, EPS, 1 - EPS)
+    return -(t * np.log(p) + (1 - t) * np.log(1 - p)).mean(-1)
+
+
+def _huber(t: np.ndarray, p: np.ndarray, d: float = 1.0) -> np.ndarray:
+    e = np.abs(p - t)
+    return np.where(e <= d, 0.5 * e**2, d * e - 0.5 * d**2).mean(-1)
+
+
+def _kld(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    t, p = np.clip(t, EPS, 1), np.clip(p, EPS, 1)
+    return (t * np.log(t / p)).sum(-1)
+
+
+rng0 = np.random.default_rng(0)
+LOGITS = rng0.standard_normal((6, 4))
+PROBS = _softmax(LOGITS)
+PROBS[0, 1] = 0.0  # exercises the clipping
+LABELS = rng0.integers(0, 4, 6)
+ONEHOT = np.eye(4)[LABELS]
+BIN_T = rng0.integers(0, 2, (6, 3)).astype(float)
+BIN_P = 1 / (1 + np.exp(-LOGITS[:, :3]))
+REG_T, REG_P = rng0.standard_normal((6, 3)), rng0.standard_normal((6, 3)) * 2
+
+LOSS_CASES: list[tuple[Any, np.ndarray, np.ndarray, np.ndarray]] = [
+    (losses.CategoricalCrossentropy(), ONEHOT, PROBS, _cce(ONEHOT, PROBS)),
+    (losses.CategoricalCrossentropy(from_logits=True), ONEHOT, LOGITS, _cce(ONEHOT, _softmax(LOGITS))),
+    (losses.CategoricalCrossentropy(label_smoothing=0.1), ONEHOT, PROBS, _cce(ONEHOT * 0.9 + 0.1 / 4, PROBS)),
+    (losses.SparseCategoricalCrossentropy(), LABELS, PROBS, _cce(ONEHOT, PROBS)),
+    (losses.SparseCategoricalCrossentropy(from_logits=True), LABELS[:, None], LOGITS, _cce(ONEHOT, _softmax(LOGITS))),
+    (losses.BinaryCrossentropy(), BIN_T, BIN_P, _bce(BIN_T, BIN_P)),
+    (losses.BinaryCrossentropy(from_logits=True), BIN_T, LOGITS[:, :3], _bce(BIN_T, BIN_P)),
+    (losses.MeanSquaredError(), REG_T, REG_P, ((REG_P - REG_T) ** 2).mean(-1)),
+    (losses.MeanAbsoluteError(), REG_T, REG_P, np.abs(REG_P - REG_T).mean(-1)),
+    (losses.Huber(), REG_T, REG_P, _huber(REG_T, REG_P)),
+    (losses.Huber(delta=0.5), REG_T, REG_P, _huber(REG_T, REG_P, 0.5)),
+    (losses.KLDivergence(), _softmax(REG_T), PROBS[:, :3] / PROBS[:, :3].sum(-1, keepdims=True), None),
+]
+
+
+def _run(fn: Any, t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    b = Builder()
+    tv = b.input("t", TensorType(str(t.dtype), ("batch", *t.shape[1:])))
+    pv = b.input("p", TensorType("float64", ("batch", *p.shape[1:])))
+    out = fn(b, tv, pv)
+    b.graph.outputs = list(out) if isinstance(out, tuple) else [out]
+    return run_graph(b.graph, {"t": t, "p": p.astype(np.float64)})
+
+
+@pytest.mark.parametrize("index", range(len(LOSS_CASES)))
+def test_losses_match_keras_definitions(index: int) -> None:
+    loss, t, p, per_sample = LOSS_CASES[index]
+    if per_sample is None:
+        per_sample = _kld(t, p)
+    (got,) = _run(loss, t, p)
+    np.testing.assert_allclose(got, per_sample.mean(), rtol=1e-10)
+    loss.reduction = "sum"
+    np.testing.assert_allclose(_run(loss, t, p)[0], per_sample.sum(), rtol=1e-10)
+    loss.reduction = "sum_over_batch_size"
+
+
+def test_regularizers_have_no_one_half() -> None:
+    from kcompile.training import regularizers
+
+    w = np.array([[1.0, -2.0], [0.5, 3.0]])
+    b = Builder()
+    wv = b.input("w", TensorType("float64", (2, 2)))
+    b.graph.outputs = [regularizers.L2(0.1)(b, wv), regularizers.L1(0.2)(b, wv), regularizers.L1L2(0.2, 0.1)(b, wv)]
+    l2, l1, both = run_graph(b.graph, {"w": w})
+    np.testing.assert_allclose(l2, 0.1 * (w**2).sum())
+    np.testing.assert_allclose(l1, 0.2 * np.abs(w).sum())
+    np.testing.assert_allclose(both, l1 + l2)
+
+
+METRIC_CASES = [
+    ("accuracy", ONEHOT, PROBS, (PROBS.argmax(-1) == LABELS)),
+    ("accuracy", LABELS, PROBS, (PROBS.argmax(-1) == LABELS)),
+    ("accuracy", BIN_T[:, :1], BIN_P[:, :1], ((BIN_P[:, :1] > 0.5) == BIN_T[:, :1])[:, 0]),
+    ("categorical_accuracy", ONEHOT, PROBS, (PROBS.argmax(-1) == LABELS)),
+    ("sparse_categorical_accuracy", LABELS[:, None], PROBS, (PROBS.argmax(-1) == LABELS)),
+    ("binary_accuracy", BIN_T, BIN_P, ((BIN_P > 0.5) == BIN_T).mean(-1)),
+    ("mae", REG_T, REG_P, np.abs(REG_P - REG_T).mean(-1)),
+    ("mse", REG_T, REG_P, ((REG_P - REG_T) ** 2).mean(-1)),
+    (metrics.TopKCategoricalAccuracy(k=2), ONEHOT, PROBS, (PROBS > PROBS[np.arange(6), LABELS][:, None]).sum(-1) < 2),
+    (
+        metrics.SparseTopKCategoricalAccuracy(k=3),
+        LABELS,
+        PROBS,
+        (PROBS > PROBS[np.arange(6), LABELS][:, None]).sum(-1) < 3,
+    ),
+]
+
+
+@pytest.mark.parametrize("index", range(len(METRIC_CASES)))
+def test_metrics_match_keras_definitions(index: int) -> None:
+    ident, t, p, per_sample = METRIC_CASES[index]
+    b = Builder()
+    tv = b.input("t", TensorType(str(t.dtype), ("batch", *t.shape[1:])))
+    pv = b.input("p", TensorType("float64", ("batch", *p.shape[1:])))
+    m = metrics.get(ident, tv, pv)
+    total, count = m.batch_values(b, tv, pv)
+    b.graph.outputs = [total, count]
+    got_total, got_count = run_graph(b.graph, {"t": t, "p": p})
+    np.testing.assert_allclose(got_total, np.sum(per_sample), rtol=1e-12)
+    assert got_count == np.size(per_sample)
+
+
+def test_accuracy_resolves_like_keras() -> None:
+    b = Builder()
+    p = b.input("p", TensorType("float32", ("batch", 4)))
+    sparse = b.input("s", TensorType("int64", ("batch",)))
+    onehot = b.input("o", TensorType("float32", ("batch", 4)))
+    p1 = b.input("p1", TensorType("float32", ("batch", 1)))
+    assert isinstance(metrics.get("accuracy", sparse, p), metrics.SparseCategoricalAccuracy)
+    assert isinstance(metrics.get("acc", onehot, p), metrics.CategoricalAccuracy)
+    assert isinstance(metrics.get("accuracy", p1, p1), metrics.BinaryAccuracy)
+    with pytest.raises(ModelError, match="unknown metric"):
+        metrics.get("accuracyy", onehot, p)
+
+
+def test_schedules_follow_keras() -> None:
+    s = optimizers.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
+    assert s(0) == np.float32(0.1) and np.isclose(s(10), 0.05) and np.isclose(s(5), 0.1 * 0.5**0.5)
+    assert np.isclose(optimizers.ExponentialDecay(0.1, 10, 0.5, staircase=True)(15), 0.05)
+    p = optimizers.PiecewiseConstantDecay([3, 6], [1.0, 0.5, 0.1])
+    assert [float(p(i)) for i in (0, 3, 4, 6, 7)] == [1.0, 1.0, 0.5, 0.5, np.float32(0.1)]
+    assert np.isclose(optimizers.InverseTimeDecay(1.0, 1, 0.5)(2), 0.5)
+
+
+# The step graph --------------------------------------------------------------------------------
+def _cnn() -> kc.Model:
+    return kc.Sequential(
+        [
+            kc.Input(shape=(6, 6, 2)),
+            Conv2D(3, 3, padding="same", activation="relu"),
+            BatchNormalization(),
+            MaxPooling2D(),
+            Flatten(),
+            Dropout(0.0),
+            Dense(4, activation="softmax"),
+        ]
+    )
+
+
+def test_step_graph_in_onnxruntime_matches_the_reference_interpreter() -> None:
+    model = _cnn()
+    model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 6, 6, 2)).astype(np.float32)
+    y = rng.integers(0, 4, 5)
+    runner = model._engine(model._as_targets(y))
+    plan = runner.plan
+    feeds = dict(zip(plan.data_inputs, [x, y.astype(np.int64)], strict=True))
+    feeds.update({"lr": np.array(0.01, np.float32), "t": np.array(1.0, np.float32)})
+    feeds.update({name: runner.state(name) for name in plan.states})
+    want = run_graph(plan.graph, feeds, training=True)
+    got = runner.train_step([x, y.astype(np.int64)])
+    np.testing.assert_allclose(got, want[: len(plan.scalars)], rtol=1e-5)
+    for name, w in zip(plan.updated, want[len(plan.scalars) :], strict=True):
+        np.testing.assert_allclose(runner.state(name), w, rtol=1e-4, atol=1e-6, err_msg=name)
+    # The weights are graph inputs, the graph has no initializer holding them.
+    assert not plan.graph.params
+
+
+def test_missing_gradient_rule_is_reported_by_op_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kcompile.ops import OPS
+
+    monkeypatch.setattr(OPS["relu"], "grad", None)
+    model = kc.Sequential([kc.Input(shape=(3,)), Dense(2, activation="relu")])
+    with pytest.raises(kc.KCompileError, match=r"no gradient rule for op.*relu"):
+        build_train_graph(
+            model, optimizers.SGD(), [losses.get("mse")], [1.0], [[]], [TensorType("float32", ("batch", 2))]
+        )
+
+
+# fit / evaluate / train_on_batch -----------------------------------------------------------------
+def _blobs(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((3, 5)) * 3
+    y = rng.integers(0, 3, n)
+    return (centers[y] + rng.standard_normal((n, 5))).astype(np.float32), y
+
+
+def _mlp() -> kc.Model:
+    return kc.Sequential([kc.Input(shape=(5,)), Dense(16, activation="relu"), Dense(3, activation="softmax")])
+
+
+def test_fit_learns_and_reports_a_keras_history() -> None:
+    x, y = _blobs()
+    model = _mlp()
+    model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    out = io.StringIO()
+    hist = model.fit(
+        x, y, batch_size=32, epochs=8, validation_split=0.25, verbose=0, callbacks=[callbacks.ProgbarLogger(2, out)]
+    )
+    assert set(hist.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert hist.epoch == list(range(8))
+    assert hist.history["loss"][-1] < hist.history["loss"][0]
+    assert hist.history["val_accuracy"][-1] > 0.85
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Epoch 1/8" and lines[1].startswith("10/10 - ")
+    assert " - accuracy: " in lines[1] and lines[1].index("loss") < lines[1].index("val_accuracy")
+    loss, acc = model.evaluate(x[300:], y[300:], verbose=0)
+    assert np.isclose(loss, hist.history["val_loss"][-1], rtol=1e-5)
+    assert np.isclose(acc, hist.history["val_accuracy"][-1])
+    # predict sees the trained weights
+    assert (model.predict(x[300:]).argmax(-1) == y[300:]).mean() == pytest.approx(acc)
+
+
+def test_epoch_logs_accumulate_over_the_epoch_like_keras() -> None:
+    x, y = _blobs(100)
+    model = _mlp()
+    model.compile(optimizer=optimizers.SGD(0.0), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    hist = model.fit(x, y, batch_size=30, epochs=1, shuffle=False, verbose=0)
+    loss, acc = model.evaluate(x, y, batch_size=7, verbose=0)  # lr 0: the weights did not move
+    assert np.isclose(hist.history["loss"][0], loss, rtol=1e-5)  # sample-weighted mean of batch losses
+    assert np.isclose(hist.history["accuracy"][0], acc)
+
+
+def test_set_weights_between_calls_reaches_the_engine() -> None:
+    x, y = _blobs(64)
+    model = _mlp()
+    model.compile(optimizer=optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    start = model.get_weights()
+    first = model.train_on_batch(x, y)
+    model.set_weights(start)
+    assert model.train_on_batch(x, y) == pytest.approx(first, rel=1e-6)
+
+
+def test_frozen_batch_norm_stays_in_inference_mode() -> None:
+    model = _cnn()
+    bn = model.layers[1]
+    bn.trainable = False
+    model.compile(optimizer=optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    before = [w.copy() for w in bn.get_weights()]
+    rng = np.random.default_rng(2)
+    model.train_on_batch(rng.standard_normal((8, 6, 6, 2)), rng.integers(0, 4, 8))
+    for a, b in zip(before, bn.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batch_norm_moving_statistics_update_in_training() -> None:
+    model = _cnn()
+    model.compile(optimizer=optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")
+    bn = model.layers[1]
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((8, 6, 6, 2)).astype(np.float32)
+    conv_out = kc.Model(model.inputs, model.layers[0]._calls[0].outputs[0]).predict(x)
+    mean, var = conv_out.mean((0, 1, 2)), (conv_out**2).mean((0, 1, 2)) - conv_out.mean((0, 1, 2)) ** 2
+    mm, mv = bn.moving_mean.data.copy(), bn.moving_variance.data.copy()
+    model.train_on_batch(x, rng.integers(0, 4, 8))
+    np.testing.assert_allclose(bn.moving_mean.data, mm * 0.99 + mean * 0.01, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(bn.moving_variance.data, mv * 0.99 + var * 0.01, rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_trains_with_a_fresh_mask_per_step() -> None:
+    x, y = _blobs(64)
+    model = kc.Sequential(
+        [kc.Input(shape=(5,)), Dense(32, activation="relu"), Dropout(0.5), Dense(3, activation="softmax")]
+    )
+    model.compile(optimizer=optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")
+    a, b = model.train_on_batch(x, y), model.train_on_batch(x, y)
+    assert a != b  # same weights (lr 0), different masks
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(model.evaluate(x, y, verbose=0))  # inference: no dropout
+
+
+def test_callbacks_early_stopping_scheduler_csv_and_plateau(tmp_path: Any) -> None:
+    x, y = _blobs(200)
+    model = _mlp()
+    model.compile(optimizer=optimizers.SGD(0.05), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    seen_lr: list[float] = []
+    stop = callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10.0, restore_best_weights=True)
+    sched = callbacks.LearningRateScheduler(lambda epoch, lr: 0.05 / (epoch + 1))
+    spy = callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen_lr.append(logs["learning_rate"]))
+    log = tmp_path / "log.csv"
+    hist = model.fit(x, y, epochs=5, verbose=0, callbacks=[sched, callbacks.CSVLogger(str(log)), stop, spy])
+    assert len(hist.epoch) == 2 and stop.stopped_epoch == 1  # no improvement of >= 10 after epoch 0
+    assert seen_lr == pytest.approx([0.05, 0.025])
+    rows = list(csv.reader(open(log)))
+    assert rows[0] == ["epoch", "accuracy", "learning_rate", "loss"] and len(rows) == 3
+    plateau = callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=10.0)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[plateau])
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.025 * 0.25)
+
+
+def test_resume_from_saved_weights_is_bitwise_identical(tmp_path: Any) -> None:
+    x, y = _blobs(96)
+
+    def fresh() -> kc.Model:
+        kc.clear_session()
+        kc.set_random_seed(7)
+        model = _mlp()
+        model.compile(optimizer=optimizers.SGD(0.05, momentum=0.9), loss="sparse_categorical_crossentropy")
+        return model
+
+    straight = fresh()
+    straight.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
+    first = fresh()
+    first.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    path = tmp_path / "ckpt.weights.h5"
+    first.save_weights(str(path))
+    resumed = fresh()
+    resumed.load_weights(str(path))
+    assert resumed.optimizer.iterations == 12
+    resumed.fit(x, y, batch_size=16, epochs=3, initial_epoch=2, shuffle=False, verbose=0)
+    for a, b in zip(straight.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_compile_and_fit_errors_are_explained() -> None:
+    model = _mlp()
+    with pytest.raises(ModelError, match="must be compiled first"):
+        model.fit(np.zeros((4, 5)), np.zeros(4))
+    with pytest.raises(ModelError, match="unknown optimizer"):
+        model.compile(optimizer="adamm", loss="mse")
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ModelError, match="same number of samples"):
+        model.fit(np.zeros((4, 5)), np.zeros(3), verbose=0)
+    with pytest.raises(ModelError, match="expects shape"):
+        model.fit(np.zeros((4, 6)), np.zeros(4), verbose=0)
