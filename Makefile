@@ -24,6 +24,14 @@ demo: $(STAMP)
 	@mkdir -p build
 	$(VENV)/bin/kcompile examples/mnist_mlp.py:mnist -o build/mnist_cli.onnx
 	$(PY) examples/mnist_mlp.py
+	$(VENV)/bin/kcompile check examples/blocks.k
+	$(VENV)/bin/kcompile examples/mnist.k -o build/mnist_k.onnx
+	$(VENV)/bin/kcompile examples/classifier.k -o build/classifier_k.onnx
+	$(VENV)/bin/kcompile examples/replicas.k --model siamese -o build/siamese_k.onnx
+	$(VENV)/bin/kcompile examples/replicas.k --model replicas -o build/replicas_k.onnx
+	$(VENV)/bin/kcompile examples/replicas.k --model replicas --emit dot -o build/replicas_k.dot
+	$(VENV)/bin/kcompile examples/blocks.k --model cnn --time-passes -o build/cnn_k.onnx
+	$(VENV)/bin/kcompile examples/blocks.k --model finetune -o build/finetune_k.onnx
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q

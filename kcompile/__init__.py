@@ -14,6 +14,7 @@ from .api import compile, optimize
 from .errors import GraphError, KCompileError, LoweringError, ModelError, RuntimeFailure, ShapeError, SourceLoc
 from .initializers import set_random_seed
 from .layers.base import Input, clear_session, device, name_scope
+from .loading import load
 from .model import Model, Sequential
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "compile",
     "device",
     "layers",
+    "load",
     "name_scope",
     "optimize",
     "set_random_seed",

@@ -16,6 +16,7 @@ place of the root's output(s).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -272,13 +273,26 @@ class _scoped:
             cm.__exit__(*exc)
 
 
+_SUFFIX = re.compile(r"_\d+$")  # what Graph.fresh_name appends to keep names unique
+
+
 def new_const(b: Builder, data: np.ndarray, like: Value | None = None) -> Value:
     """A compile-time constant for a rewrite's result. Derived from a weight (`like` is a Param),
     it becomes a frozen Param named after that weight, so the ONNX initializer keeps the
     weight's scoped name; otherwise a `constant` node."""
     data = np.ascontiguousarray(data)
     if isinstance(like, Param):
-        return b.param(Param(b.graph.fresh_name(like.name), data, trainable=False, initializer="folded"))
+        # One folded weight per value: the uses of a shared weight fold to one shared weight.
+        base = _SUFFIX.sub("", like.name) if like.initializer == "folded" else like.name
+        for p in b.graph.params:
+            if (
+                p.initializer == "folded"
+                and _SUFFIX.sub("", p.name) == base
+                and p.data.dtype == data.dtype
+                and np.array_equal(p.data, data)
+            ):
+                return p
+        return b.param(Param(b.graph.fresh_name(base), data, trainable=False, initializer="folded"))
     return b.constant(data)
 
 
@@ -286,8 +300,8 @@ def tidy_param_names(graph: Graph) -> None:
     """`conv2d/kernel_1` becomes `conv2d/kernel` again once the original weight is gone."""
     taken = {v.name for v in graph.values()}
     for p in graph.params:
-        base, sep, suffix = p.name.rpartition("_")
-        if sep and suffix.isdigit() and p.initializer == "folded" and base not in taken:
+        base = _SUFFIX.sub("", p.name)
+        if base != p.name and p.initializer == "folded" and base not in taken:
             taken.discard(p.name)
             graph._names.discard(p.name)
             p.name = base

@@ -36,6 +36,12 @@ def test_wheel_layout(wheel: Path) -> None:
     assert "kcompile/passes/__init__.py" in names and "kcompile/runtime/__init__.py" in names
     for lark in glob.glob(str(ROOT / "grammar" / "*.lark")):
         assert f"kcompile/grammar/{os.path.basename(lark)}" in names
+    # Every package of the source tree is in the wheel, wherever pyproject maps it from.
+    sources = {"kcompile": ROOT / "kcompile", "kcompile/passes": ROOT / "passes", "kcompile/runtime": ROOT / "runtime"}
+    for prefix, folder in sources.items():
+        for init in folder.rglob("__init__.py"):
+            rel = init.relative_to(folder).as_posix()
+            assert f"{prefix}/{rel}" in names, f"{prefix}/{rel} is missing from the wheel"
 
 
 @pytest.mark.slow
