@@ -16,6 +16,7 @@ from .initializers import set_random_seed
 from .layers.base import Input, clear_session, device, name_scope
 from .loading import load
 from .model import Model, Sequential
+from .training import callbacks, losses, metrics, optimizers, regularizers
 
 __all__ = [
     "GraphError",
@@ -29,12 +30,17 @@ __all__ = [
     "ShapeError",
     "SourceLoc",
     "__version__",
+    "callbacks",
     "clear_session",
     "compile",
     "device",
     "layers",
     "load",
+    "losses",
+    "metrics",
     "name_scope",
     "optimize",
+    "optimizers",
+    "regularizers",
     "set_random_seed",
 ]

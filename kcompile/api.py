@@ -68,6 +68,6 @@ def compile(
         raise ModelError(f"kc.compile takes a kc.Model or kc.Sequential, got {type(model).__name__}")
     start = time.perf_counter()
     graph = optimize(model.to_graph(), learning_phase, level, passes, manager, input_layout)
-    compiled = CompiledModel(graph, lower_to_onnx(graph, opset or DEFAULT_OPSET), threads)
+    compiled = CompiledModel(graph, lower_to_onnx(graph, opset or DEFAULT_OPSET), threads, model.count_params())
     compiled.compile_seconds = time.perf_counter() - start
     return compiled

@@ -21,8 +21,11 @@ from kcompile.ir.interpreter import check_feeds
 
 
 class CompiledModel:
-    def __init__(self, graph: Graph, model: onnx.ModelProto, threads: int = 0) -> None:
+    def __init__(self, graph: Graph, model: onnx.ModelProto, threads: int = 0, params: int | None = None) -> None:
         self.graph = graph
+        # The source model's parameter count: optimisation may fold weights away (zero biases)
+        # or together, so the graph's own count can be smaller.
+        self._params = params
         self.onnx_model = model
         self.threads = threads
         self._session: Any = None
@@ -36,6 +39,11 @@ class CompiledModel:
         return len(self.onnx_model.graph.node)
 
     def count_params(self) -> int:
+        """Parameters of the compiled model (as Keras counts them)."""
+        return self._params if self._params is not None else self.graph.count_params()
+
+    def stored_values(self) -> int:
+        """Numbers stored in the ONNX file's weights after optimisation."""
         return self.graph.count_params()
 
     @property

@@ -294,6 +294,16 @@ class Layer:
         for w in self._weights:
             w.trainable = self._trainable and id(w) in self._trainable_created
 
+    @staticmethod
+    def regularizer(identifier: Any) -> Any:
+        """A Keras regularizer argument (None, 'l2', a config dict, kc.regularizers.L2(...)),
+        checked now; the trainer adds `<weight>_regularizer` penalties to the loss."""
+        if identifier is None:
+            return None
+        from ..training.regularizers import get
+
+        return get(identifier)
+
     def get_weights(self) -> list[np.ndarray]:
         return [w.data.copy() for w in self.weights]
 

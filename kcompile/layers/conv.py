@@ -62,9 +62,13 @@ class _Conv(Layer):
         use_bias: bool = True,
         kernel_initializer: Any = "glorot_uniform",
         bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.kernel_regularizer = self.regularizer(kernel_regularizer)
+        self.bias_regularizer = self.regularizer(bias_regularizer)
         kind = type(self).__name__
         if isinstance(filters, bool) or not isinstance(filters, int) or filters <= 0:
             raise ModelError(f"{kind}: filters must be a positive integer, got {filters!r}")
@@ -163,6 +167,8 @@ class _DepthwiseConv(_Conv):
         use_bias: bool = True,
         depthwise_initializer: Any = "glorot_uniform",
         bias_initializer: Any = "zeros",
+        depthwise_regularizer: Any = None,
+        bias_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, int) or depth_multiplier <= 0:
@@ -181,6 +187,8 @@ class _DepthwiseConv(_Conv):
             use_bias=use_bias,
             kernel_initializer=depthwise_initializer,
             bias_initializer=bias_initializer,
+            kernel_regularizer=depthwise_regularizer,  # the depthwise kernel is `self.kernel`
+            bias_regularizer=bias_regularizer,
             **kwargs,
         )
 

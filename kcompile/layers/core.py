@@ -33,10 +33,14 @@ class Dense(Layer):
         use_bias: bool = True,
         kernel_initializer: Any = "glorot_uniform",
         bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.units = _positive_int("Dense", "units", units)
+        self.kernel_regularizer = self.regularizer(kernel_regularizer)
+        self.bias_regularizer = self.regularizer(bias_regularizer)
         self.activation = activation
         self._act = get_activation(activation)
         self.use_bias = use_bias
@@ -170,9 +174,11 @@ class Embedding(Layer):
         input_dim: int,
         output_dim: int,
         embeddings_initializer: Any = "random_uniform",
+        embeddings_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.embeddings_regularizer = self.regularizer(embeddings_regularizer)
         self.input_dim = _positive_int("Embedding", "input_dim", input_dim)
         self.output_dim = _positive_int("Embedding", "output_dim", output_dim)
         self.embeddings_initializer = embeddings_initializer

@@ -33,9 +33,13 @@ class BatchNormalization(Layer):
         gamma_initializer: Any = "ones",
         moving_mean_initializer: Any = "zeros",
         moving_variance_initializer: Any = "ones",
+        beta_regularizer: Any = None,
+        gamma_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.beta_regularizer = self.regularizer(beta_regularizer)
+        self.gamma_regularizer = self.regularizer(gamma_regularizer)
         if isinstance(axis, bool) or not isinstance(axis, int):
             raise ModelError(f"BatchNormalization axis must be an int, got {axis!r}")
         if not 0.0 <= momentum <= 1.0 or epsilon <= 0:
