@@ -43,6 +43,9 @@ Runner = Callable[[], Any]
 def session(model: onnx.ModelProto | str, optimized_path: str | None = None) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # Interleaved runners share the cores: a session's threads must not keep spinning after its
+    # run and steal them from the next runner.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
     data = model if isinstance(model, str) else model.SerializeToString()
@@ -74,6 +77,12 @@ def flops(graph: Graph, batch: int) -> float:
         elif n.op == "conv":
             w = n.inputs[1].type.shape
             total += 2.0 * np.prod(out) * int(np.prod(w[1:]))  # type: ignore[arg-type]
+        elif n.op in ("lstm", "gru", "simple_rnn"):
+            # Per step and sample: the input and recurrent matmuls of every gate.
+            steps = n.inputs[0].type.shape[1]
+            w, r = n.inputs[1].type.shape, n.inputs[2].type.shape
+            if isinstance(steps, int):
+                total += 2.0 * batch * steps * (int(np.prod(w)) + int(np.prod(r)))  # type: ignore[arg-type]
     return total
 
 
@@ -181,7 +190,7 @@ def main() -> None:
             compiled[f"kcompile -O{level}"] = kc.compile(model, level=level)
             print(f"  compile -O{level}: {(time.perf_counter() - t0) * 1e3:.0f} ms")
         with tempfile.TemporaryDirectory() as tmp:
-            x0 = np.random.default_rng(1).random((2, *model.inputs[0].shape[1:]), dtype=np.float32)
+            x0 = workloads.sample_input(model, 2, seed=1)
             _, files = peers(name, model, x0, tmp)
             counts = {k: node_counts(c.onnx_model) for k, c in compiled.items()}
             counts.update({k: node_counts(p) for k, p in files.items()})
@@ -189,7 +198,7 @@ def main() -> None:
                 print(f"  {k:<22} ONNX nodes {raw:>5}, after onnxruntime's optimizer {opt:>5}")
             print(f"  {'batch':>5}  {'runner':<22} {'median ms':>10} {'vs -O2':>8} {'GFLOP/s':>8} {'of peak':>8}")
             for batch in batches:
-                x = np.random.default_rng(batch).random((batch, *model.inputs[0].shape[1:]), dtype=np.float32)
+                x = workloads.sample_input(model, batch, seed=batch)
                 runners: dict[str, Runner] = {k: ort_runner(c.onnx_model, x) for k, c in compiled.items()}
                 peer_runners, _ = peers(name, model, x, tmp)
                 runners.update(peer_runners)

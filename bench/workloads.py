@@ -65,6 +65,27 @@ def mobilenet_v2(size: int = 96, classes: int = 10) -> kc.Model:
     return kc.Model(x, layers.Dense(classes, activation="softmax")(h), name="mobilenet_v2")
 
 
+def imdb_lstm(maxlen: int = 80) -> kc.Model:
+    """Keras' IMDB sentiment example: Embedding(10000, 128) -> LSTM(128) -> Dense(1, sigmoid).
+
+    The input is float32 token ids, as Keras' example feeds `pad_sequences` output (Embedding
+    casts them); draw them with `sample_input`."""
+    x = kc.Input(shape=(maxlen,), name="x")
+    h = layers.LSTM(128)(layers.Embedding(10000, 128)(x))
+    return kc.Model(x, layers.Dense(1, activation="sigmoid")(h), name="imdb_lstm")
+
+
+def sample_input(model: kc.Model, batch: int, seed: int = 0) -> np.ndarray:
+    """A random input batch for `model`: token ids below the vocabulary size when the model starts
+    with an Embedding, uniform [0, 1) floats otherwise."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, *model.inputs[0].shape[1:])
+    first = model.layers[1] if len(model.layers) > 1 else None
+    if isinstance(first, layers.Embedding):
+        return rng.integers(0, first.input_dim, shape).astype(np.float32)
+    return rng.random(shape, dtype=np.float32)
+
+
 def randomize(model: kc.Model, seed: int = 0) -> None:
     """Non-trivial weights (BatchNorm statistics included), so no peer can shortcut anything."""
     rng = np.random.default_rng(seed)
@@ -87,6 +108,7 @@ WORKLOADS: dict[str, tuple[Callable[[], kc.Model], tuple[int, ...]]] = {
     "mnist_mlp": (mnist_mlp, (1, 256)),
     "small_cnn": (small_cnn, (1, 64)),
     "mobilenet_v2": (mobilenet_v2, (1, 16)),
+    "imdb_lstm": (imdb_lstm, (32,)),
 }
 
 
@@ -159,10 +181,16 @@ def torch_module(model: kc.Model) -> Any:
                 w, b = layer.get_weights()
                 lin = nn.Linear(*w.shape)
                 lin.weight.data, lin.bias.data = torch.from_numpy(w.T.copy()), torch.from_numpy(b)
-                act = {"relu": nn.ReLU(), "softmax": nn.Softmax(-1)}.get(layer.activation, nn.Identity())
+                act = {"relu": nn.ReLU(), "softmax": nn.Softmax(-1), "sigmoid": nn.Sigmoid()}.get(
+                    layer.activation, nn.Identity()
+                )
                 return nn.Sequential(nn.Flatten(), lin, act)
             if isinstance(layer, layers.Dropout | layers.Add):
                 return nn.Identity()
+            if isinstance(layer, layers.Embedding):
+                return _TokenEmbedding(torch.from_numpy(layer.get_weights()[0]))
+            if isinstance(layer, layers.LSTM):
+                return _last_state_lstm(layer)
             raise NotImplementedError(type(layer).__name__)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,6 +203,50 @@ def torch_module(model: kc.Model) -> Any:
             return values[self.out]
 
     return Net().eval()
+
+
+class _TokenEmbedding:
+    def __new__(cls, table: Any):  # type: ignore[no-untyped-def]
+        import torch
+
+        class Embedding(torch.nn.Module):
+            """Keras' Embedding: float token ids are cast to integers."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.embed = torch.nn.Embedding.from_pretrained(table)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.embed(x.long())
+
+        return Embedding()
+
+
+def _last_state_lstm(layer: Any) -> Any:
+    """torch.nn.LSTM with a Keras LSTM's weights (torch's gates [i, f, g, o] are Keras' [i, f, c, o]),
+    returning the last hidden state (return_sequences=False, no mask, tanh/sigmoid)."""
+    import torch
+
+    if layer.return_sequences or layer.return_state or layer.go_backwards:
+        raise NotImplementedError("the torch peer covers a plain LSTM returning its last output")
+    if (layer.activation, layer.recurrent_activation) != ("tanh", "sigmoid"):
+        raise NotImplementedError("torch.nn.LSTM has only tanh/sigmoid")
+    kernel, recurrent, *bias = layer.get_weights()
+    lstm = torch.nn.LSTM(kernel.shape[0], layer.units, batch_first=True)
+    lstm.weight_ih_l0.data = torch.from_numpy(kernel.T.copy())
+    lstm.weight_hh_l0.data = torch.from_numpy(recurrent.T.copy())
+    lstm.bias_ih_l0.data = torch.from_numpy(bias[0] if bias else np.zeros(4 * layer.units, np.float32))
+    lstm.bias_hh_l0.data = torch.zeros(4 * layer.units)
+
+    class LastState(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = lstm
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lstm(x)[1][0][0]  # h_n of the one layer: [batch, units]
+
+    return LastState()
 
 
 class _NhwcFlatten:
@@ -226,4 +298,15 @@ def _keras_layer(layer: Any) -> Any:
         return keras.layers.Flatten()
     if isinstance(layer, layers.Dropout):
         return keras.layers.Dropout(layer.rate)
+    if isinstance(layer, layers.Embedding):
+        return keras.layers.Embedding(layer.input_dim, layer.output_dim)
+    if isinstance(layer, layers.LSTM):
+        return keras.layers.LSTM(
+            layer.units,
+            activation=layer.activation,
+            recurrent_activation=layer.recurrent_activation,
+            use_bias=layer.use_bias,
+            return_sequences=layer.return_sequences,
+            go_backwards=layer.go_backwards,
+        )
     raise NotImplementedError(type(layer).__name__)

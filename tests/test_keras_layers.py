@@ -1,4 +1,5 @@
-"""Every layer against Keras 3 itself: fixtures from tests/fixtures/make_keras_fixtures.py.
+"""Every layer against Keras 3 itself: fixtures from tests/fixtures/make_keras_fixtures.py (and
+every other `tests/fixtures/keras_*.json` index with its npz, e.g. the recurrent layers').
 
 For each fixture case (one Keras layer after its Input(s), random weights, Keras' `predict`
 output on random inputs), the same layer is built with kcompile twice:
@@ -14,6 +15,7 @@ Regenerate the fixtures with the two commands in make_keras_fixtures.py's docstr
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from typing import Any
@@ -26,9 +28,18 @@ from kcompile.ir import run_graph
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "fixtures")
-with open(os.path.join(FIXTURES, "keras_layers.json")) as _f:
-    INDEX: dict[str, Any] = json.load(_f)
-CASES: dict[str, dict[str, Any]] = INDEX["cases"]
+# Every fixture file: stem (keras_layers, keras_recurrent, ...) -> its index.
+INDEXES: dict[str, dict[str, Any]] = {}
+for _path in sorted(glob.glob(os.path.join(FIXTURES, "keras_*.json"))):
+    with open(_path) as _f:
+        INDEXES[os.path.basename(_path)[: -len(".json")]] = json.load(_f)
+INDEX: dict[str, Any] = INDEXES["keras_layers"]
+CASES: dict[str, dict[str, Any]] = {}
+STEM_OF: dict[str, str] = {}  # case -> the fixture file it lives in
+for _stem, _index in INDEXES.items():
+    for _name, _case in _index["cases"].items():
+        assert _name not in CASES, f"case {_name} is in two fixture files"
+        CASES[_name], STEM_OF[_name] = _case, _stem
 
 # Float32 everywhere; Keras (torch CPU), NumPy and onnxruntime sum in different orders. With these
 # small shapes the worst case (a 3x3x3-channel conv, outputs up to ~12) is within 6 % of this
@@ -81,11 +92,13 @@ MUST_BE: dict[str, Any] = {
     "quantization_config": None,
     "lora_rank": None,
     "lora_alpha": None,
-    "mask_zero": False,
     "noise_shape": None,
     "synchronized": False,
     "renorm": False,
     "renorm_clipping": None,
+    "recurrent_regularizer": None,
+    "recurrent_constraint": None,
+    "stateful": False,
 }
 # Only meaningful when its switch is on (checked above); ignored otherwise.
 IGNORED_WHEN_OFF = {"renorm_momentum": "renorm"}
@@ -109,26 +122,72 @@ def kcompile_kwargs(class_name: str, config: dict[str, Any]) -> dict[str, Any]:
         if key in must_be:
             assert value == must_be[key], f"{class_name}: config {key}={value!r} is not supported by this test"
             continue
+        if isinstance(value, dict) and "class_name" in value and "config" in value:
+            # A wrapped layer (Bidirectional's layer / backward_layer), rebuilt from its own config.
+            inner = value["class_name"]
+            out[key] = getattr(kc.layers, inner)(
+                **kcompile_kwargs(inner, value["config"]), name=value["config"]["name"]
+            )
+            continue
         out[key] = tuple(value) if isinstance(value, list) else value
     return out
 
 
-_ARRAYS: dict[str, np.ndarray] | None = None
+_ARRAYS: dict[str, dict[str, np.ndarray]] = {}
 
 
-def arrays() -> dict[str, np.ndarray]:
-    global _ARRAYS
-    if _ARRAYS is None:
-        with np.load(os.path.join(FIXTURES, "keras_layers.npz")) as npz:
-            _ARRAYS = {k: npz[k] for k in npz.files}
-    return _ARRAYS
+def arrays(stem: str = "keras_layers") -> dict[str, np.ndarray]:
+    if stem not in _ARRAYS:
+        with np.load(os.path.join(FIXTURES, f"{stem}.npz")) as npz:
+            _ARRAYS[stem] = {k: npz[k] for k in npz.files}
+    return _ARRAYS[stem]
 
 
-def build(case: dict[str, Any], kwargs: dict[str, Any]) -> kc.Model:
-    inputs = [kc.Input(shape=tuple(i["shape"]), dtype=i["dtype"], name=i["name"]) for i in case["inputs"]]
+def user_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The generator's kwargs as a user writes them (a wrapped layer is {class_name, kwargs})."""
+    out: dict[str, Any] = {}
+    for k, v in kwargs.items():
+        if isinstance(v, dict) and "class_name" in v:
+            out[k] = getattr(kc.layers, v["class_name"])(**user_kwargs(v["kwargs"]))
+        else:
+            out[k] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def pre_layer(pre: dict[str, Any], from_config: bool) -> tuple[Any, bool]:
+    """A layer applied before the one under test, and whether its mask must be passed by hand
+    (never, now that Embedding carries `mask_zero` itself)."""
+    kwargs = dict(pre["config"] if from_config else pre["kwargs"])
+    mask_zero = kwargs.pop("mask_zero", False)
+    kwargs = kcompile_kwargs(pre["class_name"], kwargs) if from_config else user_kwargs(kwargs)
+    cls = getattr(kc.layers, pre["class_name"])
+    if mask_zero:
+        return cls(**kwargs, mask_zero=True), False
+    return cls(**kwargs), False
+
+
+def build(case: dict[str, Any], kwargs: dict[str, Any], from_config: bool = True) -> kc.Model:
+    inputs = [
+        kc.Input(shape=tuple(i["shape"]), dtype=i["dtype"], name=i["name"]) for i in case["inputs"]
+    ]  # fmt: skip
     layer = getattr(kc.layers, case["class_name"])(**kwargs)
-    out = layer(inputs if len(inputs) > 1 else inputs[0])
-    return kc.Model(inputs if len(inputs) > 1 else inputs[0], out)
+    if "pre" not in case and "call" not in case:
+        out = layer(inputs if len(inputs) > 1 else inputs[0])
+    else:
+        x, call = inputs[0], dict(case.get("call", {}))
+        for pre in case.get("pre", []):
+            pl, ids_mask = pre_layer(pre, from_config)
+            x = pl(x)
+            if ids_mask:
+                call["mask"] = 0
+        args: dict[str, Any] = {}
+        if "initial_state" in call:
+            args["initial_state"] = [inputs[i] for i in call["initial_state"]]
+        if "mask" in call:
+            args["mask"] = inputs[call["mask"]]
+        out = layer(x, **args)
+    outs = list(out) if isinstance(out, tuple) else out
+    return kc.Model(inputs if len(inputs) > 1 else inputs[0], outs)
 
 
 def params() -> list[Any]:
@@ -142,21 +201,24 @@ def params() -> list[Any]:
     return out
 
 
-def test_fixture_index() -> None:
-    assert INDEX["keras_backend"] == "torch"
-    assert INDEX["keras_version"].startswith("3.")
+@pytest.mark.parametrize("stem", sorted(INDEXES))
+def test_fixture_index(stem: str) -> None:
+    index = INDEXES[stem]
+    cases = index["cases"]
+    assert index["keras_backend"] == "torch"
+    assert index["keras_version"].startswith("3.")
     assert set(KNOWN) <= set(CASES) and set(LOOSER) <= set(CASES)
-    assert os.path.getsize(os.path.join(FIXTURES, "keras_layers.npz")) < 2 * 1024 * 1024
-    data = arrays()
-    for name, case in CASES.items():
+    assert os.path.getsize(os.path.join(FIXTURES, f"{stem}.npz")) < 2 * 1024 * 1024
+    data = arrays(stem)
+    for name, case in cases.items():
         assert f"{name}/out" in data
         for j, w in enumerate(case["weights"]):
             assert data[f"{name}/w{j}"].shape == tuple(w["shape"])
     # The backend cross-check ran, and each disagreement has a decision with a reason.
-    cross = INDEX.get("cross_check")
+    cross = index.get("cross_check")
     assert cross is not None, "run the generator's --cross-check step (see its docstring)"
-    assert cross["cases_compared"] == len(CASES)
-    assert set(cross["disagreements_max_abs"]) == set(BACKEND_FOR), (
+    assert cross["cases_compared"] == len(cases)
+    assert set(cross["disagreements_max_abs"]) == set(BACKEND_FOR) & set(cases), (
         "Keras' backends disagree on other cases than BACKEND_FOR lists: decide which is Keras' semantics"
     )
 
@@ -176,12 +238,18 @@ def test_every_layer_has_a_keras_fixture() -> None:
 @pytest.mark.parametrize("name", params())
 def test_layer_matches_keras(name: str) -> None:
     case = CASES[name]
-    data = arrays()
-    feeds = {i["name"]: data[f"{name}/in{k}"] for k, i in enumerate(case["inputs"])}
+    data = arrays(STEM_OF[name])
     weights = [data[f"{name}/w{j}"] for j in range(len(case["weights"]))]
     oracle = BACKEND_FOR[name][0] if name in BACKEND_FOR else None
-    want = data[f"{name}/out_{oracle}"] if oracle else data[f"{name}/out"]
+    suffix = f"_{oracle}" if oracle else ""
     rtol, atol = LOOSER.get(name, (RTOL, ATOL))
+    # Run r > 0 of a case feeds other sizes (a variable time length) to the same model.
+    runs = []
+    for run in range(case.get("runs", 1)):
+        at = name if run == 0 else f"{name}/run{run}"
+        feeds = {i["name"]: data[f"{at}/in{k}"] for k, i in enumerate(case["inputs"])}
+        wants = [data[f"{at}/out{k if k else ''}{suffix}"] for k in range(case.get("outputs", 1))]
+        runs.append((feeds, wants))
 
     def with_weights(model: kc.Model, how: str) -> kc.Model:
         got = [w.shape for w in model.get_weights()]
@@ -189,19 +257,26 @@ def test_layer_matches_keras(name: str) -> None:
         model.set_weights(weights)
         return model
 
-    def check(got: Any, how: str) -> None:
-        got = np.asarray(got)
-        assert got.shape == want.shape, f"{how}: shape {got.shape} != Keras {want.shape}"
-        assert got.dtype == want.dtype, f"{how}: dtype {got.dtype} != Keras {want.dtype}"
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"{how} vs Keras")
+    def check(gots: Any, wants: list[np.ndarray], how: str) -> None:
+        gots = gots if isinstance(gots, list) else [gots]
+        assert len(gots) == len(wants), f"{how}: {len(gots)} outputs != Keras {len(wants)}"
+        for k, (got, want) in enumerate(zip(gots, wants, strict=True)):
+            got, at = np.asarray(got), f"{how}, output {k}" if len(wants) > 1 else how
+            assert got.shape == want.shape, f"{at}: shape {got.shape} != Keras {want.shape}"
+            assert got.dtype == want.dtype, f"{at}: dtype {got.dtype} != Keras {want.dtype}"
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"{at} vs Keras")
 
     from_config = with_weights(build(case, kcompile_kwargs(case["class_name"], case["config"])), "config")
     kc.clear_session()
-    user_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in case["kwargs"].items()}
-    from_kwargs = with_weights(build(case, user_kwargs), "kwargs")
+    from_kwargs = with_weights(build(case, user_kwargs(case["kwargs"]), from_config=False), "kwargs")
     # The reference interpreter first, so a case xfailed for an onnxruntime error still checks it.
-    check(run_graph(kc.optimize(from_kwargs.to_graph(), level=0), feeds)[0], "kwargs, reference -O0")
+    for feeds, wants in runs:
+        check(run_graph(kc.optimize(from_kwargs.to_graph(), level=0), feeds), wants, "kwargs, reference -O0")
     for level in LEVELS:
-        check(run_graph(kc.optimize(from_config.to_graph(), level=level), feeds)[0], f"config, reference -O{level}")
+        graph = kc.optimize(from_config.to_graph(), level=level)
+        for feeds, wants in runs:
+            check(run_graph(graph, feeds), wants, f"config, reference -O{level}")
     for level in LEVELS:
-        check(kc.compile(from_config, level=level)(feeds), f"config, onnxruntime -O{level}")
+        compiled = kc.compile(from_config, level=level)
+        for r, (feeds, wants) in enumerate(runs):
+            check(compiled(feeds), wants, f"config, onnxruntime -O{level}" + (f", run {r}" if r else ""))

@@ -41,9 +41,12 @@ from .merging import (
     subtract,
 )
 from .normalization import BatchNormalization
+from .recurrent import GRU, LSTM, Bidirectional, Masking, SimpleRNN
 
 __all__ = [
     "ELU",
+    "GRU",
+    "LSTM",
     "Activation",
     "Add",
     "Average",
@@ -51,6 +54,7 @@ __all__ = [
     "AveragePooling2D",
     "AveragePooling3D",
     "BatchNormalization",
+    "Bidirectional",
     "Concatenate",
     "Conv1D",
     "Conv2D",
@@ -72,6 +76,7 @@ __all__ = [
     "KTensor",
     "Layer",
     "LeakyReLU",
+    "Masking",
     "MaxPooling1D",
     "MaxPooling2D",
     "MaxPooling3D",
@@ -80,6 +85,7 @@ __all__ = [
     "Multiply",
     "ReLU",
     "Reshape",
+    "SimpleRNN",
     "Softmax",
     "Subtract",
     "ZeroPadding1D",

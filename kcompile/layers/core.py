@@ -175,10 +175,13 @@ class Embedding(Layer):
         output_dim: int,
         embeddings_initializer: Any = "random_uniform",
         embeddings_regularizer: Any = None,
+        mask_zero: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.embeddings_regularizer = self.regularizer(embeddings_regularizer)
+        # Id 0 is padding: the recurrent layers after this one skip those steps (Keras' mask).
+        self.mask_zero = bool(mask_zero)
         self.input_dim = _positive_int("Embedding", "input_dim", input_dim)
         self.output_dim = _positive_int("Embedding", "output_dim", output_dim)
         self.embeddings_initializer = embeddings_initializer
