@@ -353,3 +353,40 @@ def test_compile_and_fit_errors_are_explained() -> None:
         model.fit(np.zeros((4, 5)), np.zeros(3), verbose=0)
     with pytest.raises(ModelError, match="expects shape"):
         model.fit(np.zeros((4, 6)), np.zeros(4), verbose=0)
+
+
+def test_model_checkpoint_keeps_the_best_epoch(tmp_path: Any) -> None:
+    x, y = _blobs()
+    model = _mlp()
+    model.compile(optimizer=optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    per_epoch: list[tuple[float, list[np.ndarray]]] = []
+    record = callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: per_epoch.append((logs["val_loss"], model.get_weights()))
+    )
+    path = tmp_path / "best.h5"
+    ckpt = callbacks.ModelCheckpoint(str(path), monitor="val_loss", save_best_only=True)
+    model.fit(x, y, batch_size=32, epochs=6, validation_split=0.25, verbose=0, callbacks=[record, ckpt])
+    best_loss, best_weights = min(per_epoch, key=lambda item: item[0])
+    fresh = _mlp()
+    fresh.load_weights(str(path))
+    for got, want in zip(fresh.get_weights(), best_weights, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert ckpt.best == best_loss
+    every = callbacks.ModelCheckpoint(str(tmp_path / "e{epoch}.h5"), save_best_only=False)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[every])
+    assert (tmp_path / "e1.h5").exists() and (tmp_path / "e2.h5").exists()
+
+
+def test_export_writes_inference_onnx_with_the_trained_weights(tmp_path: Any) -> None:
+    import onnxruntime as ort
+
+    x, y = _blobs()
+    model = _mlp()
+    model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    path = tmp_path / "trained.onnx"
+    model.export(str(path))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == [model.inputs[0]._call.layer.name]  # no learning phase
+    (got,) = sess.run(None, {sess.get_inputs()[0].name: x[:20]})
+    np.testing.assert_allclose(got, model.predict(x[:20]), rtol=1e-5, atol=1e-6)

@@ -359,3 +359,41 @@ class LambdaCallback(Callback):
             if not hasattr(Callback, name):
                 raise ModelError(f"LambdaCallback has no hook {name!r}")
             setattr(self, name, fn)
+
+
+class ModelCheckpoint(Callback):
+    """Save the weights (with the optimizer state) after every epoch, or only when `monitor`
+    improves (`save_best_only`). `filepath` may hold `{epoch}` and log keys (`{val_loss:.3f}`).
+    Writes are atomic: an interrupted save leaves the previous checkpoint intact."""
+
+    def __init__(
+        self,
+        filepath: str,
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        mode: str = "auto",
+        save_weights_only: bool = True,
+    ) -> None:
+        super().__init__()
+        self.filepath, self.monitor, self.verbose = str(filepath), monitor, verbose
+        self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
+        self.better = _mode_op(mode, monitor)
+        self.best: float | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **logs)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ModelError(f"ModelCheckpoint filepath {self.filepath!r} cannot be formatted: {err}") from None
+        if self.save_best_only:
+            current = logs.get(self.monitor)
+            if current is None:
+                raise ModelError(f"ModelCheckpoint monitors {self.monitor!r}, which is not in the logs {sorted(logs)}")
+            if self.best is not None and not self.better(current, self.best):
+                return
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: {self.monitor} improved to {current:.5f}, saving model to {path}")
+            self.best = current
+        self.model.save_weights(path)

@@ -325,6 +325,14 @@ class TrainingMixin:
         return _returned(self._evaluate_arrays(xs, ys, max(_num_samples(xs + ys), 1)), return_dict)
 
     # Saving ----------------------------------------------------------------------------------------
+    def export(self, filepath: str, opset: int | None = None) -> None:
+        """Write the model for inference as ONNX (learning phase folded to 0, -O2), atomically."""
+        from ..api import compile as compile_model
+
+        if getattr(self, "_runner", None) is not None:
+            self._after_steps()
+        compile_model(self, learning_phase=0, opset=opset).save(filepath)
+
     def save_weights(self, filepath: str, overwrite: bool = True) -> None:
         """Weights (in `weights` order, by name) and, when compiled, the optimizer's iteration
         count, learning rate and slots, in one HDF5 file written atomically."""
@@ -369,9 +377,16 @@ class TrainingMixin:
         with h5py.File(path, "r") as f:
             group = f["weights"]
             stored = [(group[str(i)].attrs["name"], np.asarray(group[str(i)])) for i in range(len(group))]
-            names = [w.name for w in self.weights]
-            if [n for n, _ in stored] != names:
-                raise ModelError(f"{path} holds weights {[n for n, _ in stored]}, the model has {names}")
+            # Weights match by position, as Keras' structural loading: a model built again gets
+            # fresh automatic names (dense_2 for dense) but the same structure and shapes.
+            weights = self.weights
+            shapes = [tuple(w.data.shape) for w in weights]
+            if [a.shape for _, a in stored] != shapes:
+                raise ModelError(
+                    f"{path} holds weights {[(n, a.shape) for n, a in stored]}, "
+                    f"the model has {[(w.name, s) for w, s in zip(weights, shapes, strict=True)]}"
+                )
+            renamed = {str(n): w.name for (n, _), w in zip(stored, weights, strict=True)}
             self.set_weights([a for _, a in stored])  # type: ignore[attr-defined]
             opt = getattr(self, "optimizer", None)
             if opt is not None and "optimizer" in f:
@@ -385,7 +400,7 @@ class TrainingMixin:
                         variables.setdefault(weight, []).append((int(j), np.asarray(obj)))  # type: ignore[arg-type]
 
                 og.visititems(visit)
-                opt.variables = {k: [a for _, a in sorted(v)] for k, v in variables.items()}  # type: ignore[misc]
+                opt.variables = {renamed.get(k, k): [a for _, a in sorted(v)] for k, v in variables.items()}  # type: ignore[misc]
                 if getattr(self, "_runner", None) is not None:
                     self._runner.load_slots()
 
