@@ -13,7 +13,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install -e .
+	$(PIP) install -e ".[demo]"
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(PY)
@@ -32,6 +32,8 @@ demo: $(STAMP)
 	$(VENV)/bin/kcompile examples/replicas.k --model replicas --emit dot -o build/replicas_k.dot
 	$(VENV)/bin/kcompile examples/blocks.k --model cnn --time-passes -o build/cnn_k.onnx
 	$(VENV)/bin/kcompile examples/blocks.k --model finetune -o build/finetune_k.onnx
+	$(VENV)/bin/kcompile train examples/digits.k --data examples/data/digits.npz \
+		-o build/digits.onnx --curve build/digits_curve.png --checkpoint build/digits.weights.h5
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q

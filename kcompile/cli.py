@@ -4,6 +4,7 @@
                     [-O LEVEL | --passes A,B] [--print-after PASS] [--time-passes] [--explain-rewrites]
                     [--input-layout NHWC|NCHW] [--opset N]
     kcompile check SOURCE [--model NAME] [same options]
+    kcompile train SOURCE --data DATA.npz [-o OUT] [--epochs N] ...   (see train_cli.py)
 
 SOURCE is a `.k` file (`model.k`, or `model.k:NAME`) or a Python file (`file.py:NAME`: a Model
 object, or a function returning one). `check` parses and builds every model of the source,
@@ -32,6 +33,7 @@ Compile a Keras-style model to ONNX.
 
   kcompile SOURCE [options]          compile (or print --emit's form of) one model
   kcompile check SOURCE [--model N]  parse, build and verify every model of SOURCE; write nothing
+  kcompile train SOURCE --data D.npz train from the model's train block (kcompile train --help)
 
 SOURCE names the model:
   path/to/model.k          a .k model file: its only model, or the one --model names
@@ -46,6 +48,7 @@ examples:
   kcompile examples/replicas.k --model replicas --emit ir
   kcompile examples/replicas.k:replicas --emit dot -o replicas.dot   (then: dot -Tsvg replicas.dot)
   kcompile check examples/blocks.k
+  kcompile train examples/digits.k --data examples/data/digits.npz -o digits.onnx --curve curve.png
   kcompile examples/mnist_mlp.py:mnist --emit summary"""
 
 
@@ -198,6 +201,10 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run(argv: Sequence[str]) -> int:
     argv = list(argv)
+    if argv and argv[0] == "train":
+        from .train_cli import run_train
+
+        return run_train(argv[1:])
     check = bool(argv) and argv[0] == "check"
     args = build_parser().parse_args(argv[1:] if check else argv)
     if check:
