@@ -118,6 +118,7 @@ CASES: dict[str, list[Case]] = {
         Case([T("batch", 2, 10)], {"kernel": (3,), "strides": (3,), "auto_pad": "VALID"}),
     ],
     "softmax": [Case([T("batch", 7)], {"axis": -1}), Case([T("batch", 3, 4)], {"axis": 1})],
+    "log_softmax": [Case([T("batch", 7)], {"axis": -1}), Case([T("batch", 3, 4)], {"axis": 1})],
     "reduce_mean": [
         Case([T("batch", 4, 5)], {"axes": (1, 2)}),
         Case([T("batch", 4, 5)], {"axes": (1,), "keepdims": True}),

@@ -102,7 +102,6 @@ TRAINING_CASES: dict[str, list[TCase]] = {
         TCase([T("batch", dtype="int64")], {"depth": 4}, {0: ints(4)}),
         TCase([T("batch", 2, dtype="int64")], {"depth": 3}, {0: ints(3)}),
     ],
-    "log_softmax": [TCase([T("batch", 7)], {"axis": -1}), TCase([T("batch", 3, 4)], {"axis": 1})],
     "dropout_mask": [TCase([T("batch", 6)], {"rate": 0.0}), TCase([T("batch", 6)], {"rate": 1.0, "seed": 2})],
 }
 

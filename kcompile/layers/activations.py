@@ -28,7 +28,7 @@ def _softmax(b: Builder, x: Value) -> Value:
 
 
 def _log_softmax(b: Builder, x: Value) -> Value:
-    return b.op("log", [b.op("softmax", [x], axis=-1)])
+    return b.op("log_softmax", [x], axis=-1)
 
 
 def _relu6(b: Builder, x: Value) -> Value:

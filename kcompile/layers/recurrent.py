@@ -353,7 +353,36 @@ class SimpleRNN(_RNN):
     kind, gates, n_states = "simple_rnn", 1, 1
 
 
-class LSTM(_RNN):
+class _GatedRNN(_RNN):
+    """LSTM and GRU: an RNN with a recurrent (gate) activation besides its activation."""
+
+    def __init__(
+        self,
+        units: int,
+        activation: str | None,
+        recurrent_activation: str | None,
+        use_bias: bool,
+        kernel_initializer: Any,
+        recurrent_initializer: Any,
+        bias_initializer: Any,
+        implementation: int,
+        use_cudnn: Any,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            units, activation, use_bias, kernel_initializer, recurrent_initializer, bias_initializer, **kwargs
+        )
+        self.recurrent_activation = _check_activation(type(self).__name__, "recurrent_activation", recurrent_activation)
+        self.implementation, self.use_cudnn = implementation, use_cudnn
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "recurrent_activation": self.recurrent_activation}
+
+    def _op_attrs(self) -> dict[str, Any]:
+        return {"recurrent_activation": self.recurrent_activation}
+
+
+class LSTM(_GatedRNN):
     kind, gates, n_states = "lstm", 4, 2
 
     def __init__(
@@ -371,18 +400,21 @@ class LSTM(_RNN):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            units, activation, use_bias, kernel_initializer, recurrent_initializer, bias_initializer, **kwargs
+            units,
+            activation,
+            recurrent_activation,
+            use_bias,
+            kernel_initializer,
+            recurrent_initializer,
+            bias_initializer,
+            implementation,
+            use_cudnn,
+            **kwargs,
         )
-        self.recurrent_activation = _check_activation("LSTM", "recurrent_activation", recurrent_activation)
         self.unit_forget_bias = bool(unit_forget_bias)
-        self.implementation, self.use_cudnn = implementation, use_cudnn
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "recurrent_activation": self.recurrent_activation,
-            "unit_forget_bias": self.unit_forget_bias,
-        }
+        return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
 
     def _bias_init(self) -> Any:
         if not self.unit_forget_bias:
@@ -401,11 +433,8 @@ class LSTM(_RNN):
         blocks = [b.op("slice", [v], axes=(0,), starts=(k * u,), ends=((k + 1) * u,)) for k in range(4)]
         return b.op("concat", [blocks[0], blocks[3], blocks[1], blocks[2]], axis=0)
 
-    def _op_attrs(self) -> dict[str, Any]:
-        return {"recurrent_activation": self.recurrent_activation}
 
-
-class GRU(_RNN):
+class GRU(_GatedRNN):
     kind, gates, n_states = "gru", 3, 1
 
     def __init__(
@@ -423,18 +452,21 @@ class GRU(_RNN):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            units, activation, use_bias, kernel_initializer, recurrent_initializer, bias_initializer, **kwargs
+            units,
+            activation,
+            recurrent_activation,
+            use_bias,
+            kernel_initializer,
+            recurrent_initializer,
+            bias_initializer,
+            implementation,
+            use_cudnn,
+            **kwargs,
         )
-        self.recurrent_activation = _check_activation("GRU", "recurrent_activation", recurrent_activation)
         self.reset_after = bool(reset_after)
-        self.implementation, self.use_cudnn = implementation, use_cudnn
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "recurrent_activation": self.recurrent_activation,
-            "reset_after": self.reset_after,
-        }
+        return {**super().get_config(), "reset_after": self.reset_after}
 
     def _bias_shape(self) -> tuple[int, ...]:
         return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
@@ -446,7 +478,7 @@ class GRU(_RNN):
         return super()._onnx_bias(b)
 
     def _op_attrs(self) -> dict[str, Any]:
-        return {"recurrent_activation": self.recurrent_activation, "reset_after": self.reset_after}
+        return {**super()._op_attrs(), "reset_after": self.reset_after}
 
 
 class Bidirectional(_Recurrent):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import LoweringError, ShapeError
 from ..ir.types import FLOAT_DTYPES, Dim, TensorType, broadcast_shapes, fresh_dim, normalize_axis
-from .registry import Attr, OnnxEmitter, OnnxLowering, OpDef, RefContext, register
+from .registry import Attr, Infer, OnnxEmitter, OnnxLowering, OpDef, RefContext, register
 
 AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER")
 
@@ -128,8 +128,6 @@ def _windows(x: np.ndarray, kernel: tuple[int, ...], a: dict[str, Any], fill: fl
     )
     return v[index]
 
-
-_pads = conv_pads  # the name the gradient ops import
 
 _WINDOW_ATTRS = (
     Attr("strides", "ints", ()),
@@ -284,11 +282,20 @@ def _softmax_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> li
     return [(z / z.sum(axis=a["axis"], keepdims=True)).astype(x.dtype)]
 
 
-def _softmax_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
-    normalize_axis(a["axis"], types[0].rank)
-    if types[0].dtype not in FLOAT_DTYPES:
-        raise ShapeError(f"softmax needs a floating-point input, got {types[0]}")
-    return [types[0]]
+def _log_softmax_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    x = xs[0]
+    z = x - x.max(axis=a["axis"], keepdims=True)
+    return [(z - np.log(np.exp(z).sum(axis=a["axis"], keepdims=True))).astype(x.dtype)]
+
+
+def _float_along_axis(name: str) -> Infer:
+    def infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+        normalize_axis(a["axis"], types[0].rank)
+        if types[0].dtype not in FLOAT_DTYPES:
+            raise ShapeError(f"{name} needs a floating-point input, got {types[0]}")
+        return [types[0]]
+
+    return infer
 
 
 register(
@@ -296,10 +303,21 @@ register(
         "softmax",
         inputs=("x",),
         attrs=(Attr("axis", "int", -1),),
-        infer=_softmax_infer,
+        infer=_float_along_axis("softmax"),
         reference=_softmax_ref,
         onnx=lambda e, ins, a, types: e.emit("Softmax", ins, axis=a["axis"]),
         doc="y = exp(x) / sum(exp(x)) along `axis`",
+    )
+)
+register(
+    OpDef(
+        "log_softmax",
+        inputs=("x",),
+        attrs=(Attr("axis", "int", -1),),
+        infer=_float_along_axis("log_softmax"),
+        reference=_log_softmax_ref,
+        onnx=lambda e, ins, a, types: e.emit("LogSoftmax", ins, axis=a["axis"]),
+        doc="y = x - log(sum(exp(x))) along `axis`, computed stably (Keras' log_softmax)",
     )
 )
 

@@ -9,8 +9,7 @@ random mask of training-mode dropout.
 - `conv_grad_input(dy, w, x_like)` / `conv_grad_weight(x, dy, w_like)`: the adjoints of `conv`
   (attributes as conv); `avg_pool_grad(dy, x_like)` / `max_pool_grad(x, dy)`: of pooling. Max
   pooling routes each window's gradient to its first maximum (row-major), as torch and onnxruntime.
-- `compare(a, b, mode)` -> bool; `argmax(x, axis)` -> int64; `one_hot(indices, depth)`;
-  `log_softmax(x, axis)`.
+- `compare(a, b, mode)` -> bool; `argmax(x, axis)` -> int64; `one_hot(indices, depth)`.
 - `dropout_mask(x, rate, seed)`: keep-mask / (1 - rate) shaped like x; training-mode dropout is
   `x * dropout_mask(x)`, so the backward pass reuses the forward's mask.
 
@@ -28,7 +27,7 @@ import numpy as np
 
 from ..errors import LoweringError, ShapeError
 from ..ir.types import FLOAT_DTYPES, INT_DTYPES, TensorType, broadcast_shapes, normalize_axis
-from .nn import _WINDOW_ATTRS, _pads, _windows
+from .nn import _WINDOW_ATTRS, _windows, conv_pads
 from .registry import Attr, OnnxEmitter, OpDef, RefContext, register
 
 
@@ -240,7 +239,7 @@ def _scatter_windows(
     """Adjoint of `_windows`: sum contrib(k) [N, C, *out] into the padded input at window offset k."""
     nd = len(kernel)
     strides, dil = _window_params(a, nd)
-    pads = _pads(shape[2:], kernel, a)
+    pads = conv_pads(shape[2:], kernel, a)
     padded = tuple(n + pb + pe for n, (pb, pe) in zip(shape[2:], pads, strict=True))
     acc: np.ndarray | None = None
     for kk in itertools.product(*(range(k) for k in kernel)):
@@ -262,7 +261,7 @@ def _transpose_pads(
     """ConvTranspose attributes that map a window op's output grid back onto its input exactly."""
     nd = len(kernel)
     strides, dil = _window_params(a, nd)
-    pads = _pads(spatial, kernel, a)
+    pads = conv_pads(spatial, kernel, a)
     extra = []
     for n, o, k, s, d, (pb, pe) in zip(spatial, out, kernel, strides, dil, pads, strict=True):
         extra.append(n - (s * (o - 1) + (k - 1) * d + 1 - pb - pe))
@@ -363,7 +362,7 @@ def _conv_grad_weight_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], ty
     w_shape = _static(w_t, "conv_grad_weight")
     o, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
     strides, dil = _window_params(a, nd)
-    pads = _pads(spatial, kernel, a)
+    pads = conv_pads(spatial, kernel, a)
     if any(pb or pe for pb, pe in pads):
         flat = [0, 0] + [p[0] for p in pads] + [0, 0] + [p[1] for p in pads]
         x = e.emit("Pad", [x, e.const(np.array(flat, np.int64), "pads")])[0]
@@ -519,7 +518,7 @@ register(
 )
 
 
-# comparisons, index ops, log_softmax -------------------------------------------------------
+# comparisons and index ops ----------------------------------------------------------------
 _COMPARE = {
     "equal": (np.equal, "Equal"),
     "greater": (np.greater, "Greater"),
@@ -598,32 +597,6 @@ register(
         reference=lambda ctx, xs, a: [(xs[0][..., None] == np.arange(a["depth"])).astype(a["dtype"])],
         onnx=_one_hot_onnx,
         doc="y[..., k] = 1 where indices == k else 0, a new last axis of size `depth`",
-    )
-)
-
-
-def _log_softmax_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
-    x = xs[0]
-    z = x - x.max(axis=a["axis"], keepdims=True)
-    return [(z - np.log(np.exp(z).sum(axis=a["axis"], keepdims=True))).astype(x.dtype)]
-
-
-def _float_axis_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
-    normalize_axis(a["axis"], types[0].rank)
-    if types[0].dtype not in FLOAT_DTYPES:
-        raise ShapeError(f"log_softmax needs a floating-point input, got {types[0]}")
-    return [types[0]]
-
-
-register(
-    OpDef(
-        "log_softmax",
-        inputs=("x",),
-        attrs=(Attr("axis", "int", -1),),
-        infer=_float_axis_infer,
-        reference=_log_softmax_ref,
-        onnx=lambda e, ins, a, types: e.emit("LogSoftmax", ins, axis=a["axis"]),
-        doc="y = x - log(sum(exp(x))) along `axis`, computed stably",
     )
 )
 
