@@ -20,10 +20,14 @@ class SourceLoc:
     col: int = 0
 
     def __str__(self) -> str:
+        if self.line <= 0:  # a whole file (a .keras archive has no lines)
+            return self.file
         return f"{self.file}:{self.line}:{self.col}" if self.col else f"{self.file}:{self.line}"
 
     def excerpt(self) -> str:
         """The source line and a caret under the column, or '' when the file cannot be read."""
+        if self.line <= 0:
+            return ""
         text = linecache.getline(self.file, self.line).rstrip("\n")
         if not text:
             return ""

@@ -4,6 +4,7 @@
     kc.load("examples/replicas.k", model="replicas")   # one of several
     kc.load("examples/replicas.k:replicas")            # the same, as the CLI writes it
     kc.load("examples/mnist_mlp.py", model="mnist")    # a kc.Model (or a function making one) in Python
+    kc.load("model.keras")                             # a Keras 3 archive (see `keras_import`)
 
 A `.k` file goes through `kcompile.lang` (parsed and interpreted, never executed as Python); a
 `.py` file is run, as `python file.py` would. A model from a `.k` file whose `train NAME { ... }`
@@ -20,7 +21,7 @@ from typing import Any
 from .errors import KCompileError, SourceLoc
 from .model import Model
 
-SUFFIXES = (".k", ".py")
+SUFFIXES = (".k", ".py", ".keras")
 
 
 @dataclass
@@ -54,7 +55,7 @@ def split_source(source: str, model: str | None = None) -> tuple[str, str | None
 def _check_path(path: str) -> str:
     ext = os.path.splitext(path)[1]
     if ext not in SUFFIXES:
-        raise KCompileError(f"cannot tell what {path!r} is; give a .k model file or a .py file (path/to/file.py:NAME)")
+        raise KCompileError(f"cannot tell what {path!r} is; give a .k model file, a Keras .keras file or a .py file (path/to/file.py:NAME)")
     if not os.path.exists(path):
         raise KCompileError(f"{path}: no such file")
     if not os.path.isfile(path):
@@ -74,7 +75,15 @@ def load_program(path: str) -> Any:
 def resolve(source: str, model: str | None = None) -> Source:
     """Load SOURCE (`file.k`, `file.k:NAME`, `file.py:NAME`) and pick the model."""
     path, name = split_source(source, model)
-    if _check_path(path) == ".k":
+    ext = _check_path(path)
+    if ext == ".keras":
+        from .keras_import import load_keras
+
+        keras_model = load_keras(path)
+        if name is not None and name != keras_model.name:
+            raise KCompileError(f"{path} holds model '{keras_model.name}', not '{name}'")
+        return Source(path, keras_model, keras_model.name)
+    if ext == ".k":
         program = load_program(path)
         chosen = program.model(name)
         chosen_name = name or program.own[0]
@@ -134,7 +143,8 @@ def check(source: str, model: str | None = None, **compile_options: Any) -> list
 
 
 def load(path: str, model: str | None = None) -> Model:
-    """Load a model from a `.k` file (its only model, or the one named `model`) or a `.py` file."""
+    """Load a model from a `.k` file (its only model, or the one named `model`), a Keras 3 `.keras`
+    archive (structure and weights; no code from the file is run) or a `.py` file."""
     return resolve(path, model).model
 
 

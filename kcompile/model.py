@@ -17,7 +17,7 @@ from .errors import ModelError
 from .ir.builder import Builder
 from .ir.graph import Graph, Param, Value
 from .ir.types import TensorType
-from .layers.base import InputLayer, KTensor, Layer, LayerCall, flatten_tensors, unique_name
+from .layers.base import InputLayer, KTensor, Layer, LayerCall, flatten_tensors, name_scope, unique_name
 from .training.mixin import TrainingMixin
 
 
@@ -29,6 +29,42 @@ def _as_list(x: Any, what: str) -> list[KTensor]:
                 f"model {what} must be symbolic tensors (from kc.Input or a layer), got {type(t).__name__}"
             )
     return items
+
+
+def keras_layer_order(inputs: list[KTensor], outputs: list[KTensor]) -> list[Layer]:
+    """The layers between `inputs` and `outputs` as Keras' `map_graph` orders them: by depth
+    (the longest path to an output; deepest first), ties in the order a depth-first walk from the
+    outputs (in order, each call's inputs in order) first reaches each layer. A layer's depth is
+    the largest over its calls, and a call's depth is one more than its deepest consumer's."""
+    first_seen: dict[int, int] = {}
+    layers: dict[int, Layer] = {}
+    calls_in_order: list[LayerCall] = []  # post-order: inputs -> outputs
+    finished: set[int] = set()
+    stack: list[tuple[LayerCall, bool]] = [(t._call, False) for t in reversed(outputs)]
+    while stack:
+        call, expanded = stack.pop()
+        if id(call) in finished:
+            continue
+        if expanded:
+            finished.add(id(call))
+            calls_in_order.append(call)
+            continue
+        first_seen.setdefault(id(call.layer), len(first_seen))
+        layers[id(call.layer)] = call.layer
+        stack.append((call, True))
+        stack.extend((t._call, False) for t in reversed(call.inputs) if id(t._call) not in finished)
+    call_depth: dict[int, int] = {}
+    layer_depth: dict[int, int] = {}
+    for call in reversed(calls_in_order):
+        depth = max(call_depth.setdefault(id(call), 0), layer_depth.get(id(call.layer), 0))
+        layer_depth[id(call.layer)] = call_depth[id(call)] = depth
+        for t in call.inputs:
+            call_depth[id(t._call)] = max(depth + 1, call_depth.get(id(t._call), 0))
+    for t in inputs:  # inputs no output depends on still count, at depth 0
+        if id(t._call.layer) not in layer_depth:
+            layer_depth[id(t._call.layer)], first_seen[id(t._call.layer)] = 0, -1
+            layers[id(t._call.layer)] = t._call.layer
+    return sorted(layers.values(), key=lambda l: (-layer_depth[id(l)], first_seen[id(l)]))
 
 
 class Model(TrainingMixin, Layer):
@@ -107,12 +143,8 @@ class Model(TrainingMixin, Layer):
 
     @property
     def layers(self) -> list[Layer]:
-        """Input layers, then every other layer in the order of its first call (Keras order)."""
-        out: list[Layer] = list(self.input_layers)
-        for call in self._order:
-            if all(layer is not call.layer for layer in out):
-                out.append(call.layer)
-        return out
+        """Every layer, in Keras' functional order (so `get_weights()` orders weights as Keras)."""
+        return keras_layer_order(self._inputs, self._outputs)
 
     def get_layer(self, name: str) -> Layer:
         for layer in self.layers:
@@ -322,8 +354,10 @@ class Sequential(Model):
         if self._input is None or not self._stack:
             return
         x: Any = self._input
-        for layer in self._stack:
-            x = layer(x)
+        # Keras builds a Sequential's layers inside the model's name scope: `mlp/dense/kernel`.
+        with name_scope(self.name):
+            for layer in self._stack:
+                x = layer(x)
         self._init_graph(self._input, x)
 
     @property

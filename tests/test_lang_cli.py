@@ -117,7 +117,7 @@ def test_missing_and_unknown_sources(tmp_path: Path, capsys: pytest.CaptureFixtu
     rc, _, stderr = run(capsys, tmp_path / "nope.k")
     assert rc == 1 and "nope.k: no such file" in stderr
     rc, _, stderr = run(capsys, tmp_path / "model.txt")
-    assert rc == 1 and "give a .k model file or a .py file" in stderr
+    assert rc == 1 and "give a .k model file, a Keras .keras file or a .py file" in stderr
     rc, _, stderr = run(capsys, EXAMPLES / "replicas.k", "--model", "replica")
     assert rc == 1 and "has no model 'replica'; did you mean 'replicas'?" in stderr
 

@@ -130,7 +130,8 @@ def test_freezing_a_model_freezes_its_layers() -> None:
     outer = kc.Model(x, y)
     inner.trainable = False
     assert [w.name for w in outer.trainable_weights] == ["dense_1/kernel", "dense_1/bias"]
-    assert {p.name: p.trainable for p in outer.to_graph().params}["dense/kernel"] is False
+    # Keras builds a Sequential's layers in the model's name scope: sequential/dense/kernel.
+    assert {p.name: p.trainable for p in outer.to_graph().params}["sequential/dense/kernel"] is False
 
 
 def test_summary_table() -> None:
