@@ -28,6 +28,7 @@ import inspect
 import io
 import json
 import os
+import warnings
 import zipfile
 from collections import deque
 from collections.abc import Callable
@@ -135,6 +136,7 @@ def load_keras(path: str) -> Model:
         with source_location(where):
             model = model_from_config(archive.config)
             load_weights(model, archive.weights)
+            compile_from_config(model, archive.config.get("compile_config"), archive.weights)
     except KCompileError as err:
         err.loc = where
         raise
@@ -143,6 +145,72 @@ def load_keras(path: str) -> Model:
     finally:
         archive.weights.close()
     return model
+
+
+def compile_from_config(model: Model, config: Any, h5: Any) -> None:
+    """Compile the model as it was when saved (optimizer, loss, metrics) and restore the
+    optimizer's state, so `fit`/`train_on_batch` continue where training stopped. A compile
+    setting kcompile cannot take leaves the model uncompiled, with a warning, as Keras does."""
+    if not isinstance(config, dict) or config.get("optimizer") is None or config.get("loss") is None:
+        return
+    from .training import optimizers
+
+    def plain(v: Any) -> Any:  # Keras' serialized loss/metric objects -> their registered names
+        if isinstance(v, dict) and "class_name" in v:
+            return {"class_name": v["class_name"], "config": v.get("config", {})}
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+
+    try:
+        model.compile(
+            optimizer=optimizers.get(config["optimizer"]),
+            loss=plain(config.get("loss")),
+            loss_weights=config.get("loss_weights"),
+            metrics=plain(config.get("metrics")),
+        )
+    except KCompileError as err:
+        warnings.warn(
+            f"the model is loaded uncompiled: its compile settings are not supported ({err.message})", stacklevel=2
+        )
+        return
+    _restore_optimizer(model, h5)
+
+
+def _restore_optimizer(model: Model, h5: Any) -> None:
+    """Iterations and slots from `optimizer/vars` (kcompile's layout, or Keras': iterations,
+    learning rate, then the slots of each trainable variable, interleaved for Adam/AdamW and one
+    block per slot kind otherwise)."""
+    from .saving import restore_optimizer
+
+    opt = getattr(model, "optimizer", None)
+    if opt is None or "optimizer" not in h5 or "vars" not in h5["optimizer"]:
+        return
+    vars_group = h5["optimizer/vars"]
+    if "kcompile_slots" in vars_group.attrs:
+        restore_optimizer(model, h5)
+        return
+    trainable = [w for w in model.weights if w.trainable]
+    kinds = len(opt.slots())
+    arrays = [np.asarray(vars_group[str(i)]) for i in range(len(vars_group))]
+    if len(arrays) != 2 + kinds * len(trainable):
+        warnings.warn(
+            "the optimizer state in the archive does not match the optimizer; training restarts it", stacklevel=2
+        )
+        return
+    slots = arrays[2:]
+    interleaved = type(opt).__name__ in ("Adam", "AdamW")
+    variables: dict[str, list[np.ndarray]] = {}
+    for i, w in enumerate(trainable):
+        picks = [slots[i * kinds + k] if interleaved else slots[k * len(trainable) + i] for k in range(kinds)]
+        if any(p.shape != w.data.shape for p in picks):
+            warnings.warn(
+                "the optimizer state in the archive does not match the weights; training restarts it", stacklevel=2
+            )
+            return
+        variables[w.name] = [p.astype(np.float32) for p in picks]
+    opt.iterations = int(arrays[0])
+    opt.variables = variables
 
 
 # Config -> layers ----------------------------------------------------------------------------

@@ -294,6 +294,13 @@ class Model(TrainingMixin, Layer):
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> Any:
         return self.compiled().predict(x, batch_size=batch_size)
 
+    def save(self, filepath: Any, overwrite: bool = True) -> None:
+        """The whole model as a Keras 3 `.keras` archive: structure, weights and, once compiled,
+        the compile settings and optimizer state (`kc.load` resumes training exactly)."""
+        from .saving import save_model
+
+        save_model(self, filepath, overwrite=overwrite)
+
 
 def _shape(t: TensorType) -> str:
     dims = ["None" if isinstance(d, str) else str(d) for d in t.shape]

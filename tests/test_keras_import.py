@@ -223,3 +223,17 @@ def _zip(members: dict[str, bytes]) -> bytes:
 def _config_bytes() -> bytes:
     with zipfile.ZipFile(path_of("mlp_sequential")) as zf:
         return zf.read("config.json")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in INDEX["models"].items() if e.get("trained")))
+def test_imported_compiled_model_resumes_training_like_keras(name: str) -> None:
+    """A Keras model trained one step and saved (optimizer state included) is loaded compiled;
+    one more `train_on_batch` gives Keras' weights after its second step."""
+    model = kc.load(path_of(name))
+    assert model.optimizer is not None and model.optimizer.iterations == 1
+    data = io_arrays()
+    n_in = len(INDEX["models"][name]["inputs"])
+    xs = [data[f"{name}/train/in{i}"] for i in range(n_in)]
+    model.train_on_batch(xs if n_in > 1 else xs[0], data[f"{name}/train/y"])
+    for j, got in enumerate(model.get_weights()):
+        np.testing.assert_allclose(got, data[f"{name}/train/after{j}"], rtol=1e-5, atol=1e-6, err_msg=f"weight {j}")

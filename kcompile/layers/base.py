@@ -13,6 +13,8 @@ twice emits two sets of nodes referencing one set of Params: shared weights by i
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import re
 import sys
@@ -223,6 +225,9 @@ def flatten_tensors(x: Any) -> list[Any]:
 
 
 # Layers ------------------------------------------------------------------------------------
+_INPUT_ARGS = frozenset({"input_shape", "batch_size", "input_dim"})
+
+
 class Layer:
     """Base of every layer. Subclasses implement `build(input_types)` and `call(b, inputs)`.
 
@@ -234,6 +239,40 @@ class Layer:
     phase_dependent = False
     # True for layers that take a list of tensors (merging layers).
     takes_list = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Record the arguments each layer is constructed with (the outermost `__init__` call), so
+        that `get_config()` can give them back as a Keras config."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_records_config", False):
+            return
+
+        @functools.wraps(init)
+        def recording_init(self: Layer, *args: Any, **kw: Any) -> None:
+            if "_init_call" not in self.__dict__:
+                self.__dict__["_init_call"] = (init, args, dict(kw))
+            init(self, *args, **kw)
+
+        recording_init._records_config = True  # type: ignore[attr-defined]
+        cls.__init__ = recording_init  # type: ignore[method-assign]
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments, by Keras name, plus `name`, `trainable` and `dtype`: what
+        `type(layer)(**config)` rebuilds (weights aside). Layer-valued arguments stay objects."""
+        config: dict[str, Any] = {}
+        recorded = self.__dict__.get("_init_call")
+        if recorded is not None:
+            init, args, kw = recorded
+            bound = inspect.signature(init).bind(self, *args, **kw)
+            for pname, value in list(bound.arguments.items())[1:]:
+                if inspect.signature(init).parameters[pname].kind is inspect.Parameter.VAR_KEYWORD:
+                    # Keras' input_shape=/batch_size=/input_dim= only made the model's Input.
+                    config.update({k: v for k, v in value.items() if k not in _INPUT_ARGS})
+                else:
+                    config[pname] = value
+        config.update(name=self.name, trainable=self.trainable, dtype=self.dtype)
+        return config
 
     def __init__(
         self, name: str | None = None, trainable: bool = True, dtype: str | None = None, **kwargs: Any

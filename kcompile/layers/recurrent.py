@@ -20,8 +20,8 @@ Masks (Keras: a masked step keeps the states and repeats the previous output):
   (Dropout, Activation, Dense, ...). Until the layer API propagates masks itself, a layer here
   finds the producer of its input (`keras_mask`), adds the tensors the mask is computed from to its
   own inputs, and recomputes the mask (a compare and a reduction; CSE merges repeats).
-dropout/recurrent_dropout are accepted and do nothing at inference (training recurrent layers is
-not implemented); `stateful=True` is refused; `unroll`, `implementation`, `use_cudnn` are ignored.
+dropout/recurrent_dropout are accepted and do nothing at inference (training refuses non-zero
+rates: recurrent dropout is not implemented); `stateful=True` is refused; `unroll`, `implementation`, `use_cudnn` are ignored.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ MASK_PRESERVING = frozenset(
     {
         "Activation", "ActivityRegularization", "AlphaDropout", "BatchNormalization", "Dense", "Dropout",
         "ELU", "GaussianDropout", "GaussianNoise", "Identity", "LayerNormalization", "LeakyReLU", "PReLU",
-        "ReLU", "SpatialDropout1D", "UnitNormalization",
+        "ReLU", "SpatialDropout1D", "TimeDistributed", "UnitNormalization",
     }
 )  # fmt: skip
 
@@ -127,6 +127,19 @@ class _Recurrent(Layer):
         x, states, source = self._gather_call(inputs, initial_state, mask)
         tensors, fn = source if source is not None else ([], None)
         return super().__call__([x, *states, *tensors], n_states=len(states), mask_fn=fn)
+
+    def keras_call_args(self, call: LayerCall) -> tuple[list[Any], dict[str, Any]]:
+        """The call as Keras records it, `layer(x, initial_state=[...], mask=m)`; a mask that
+        both Keras and kcompile derive from `x` itself (Masking, Embedding(mask_zero)) is left out."""
+        n = call.kwargs.get("n_states", 0)
+        x, states, sources = call.inputs[0], call.inputs[1 : 1 + n], call.inputs[1 + n :]
+        kwargs: dict[str, Any] = {"initial_state": list(states)} if states else {}
+        implicit = keras_mask(x)
+        if sources and (implicit is None or [id(t) for t in implicit[0]] != [id(t) for t in sources]):
+            if len(sources) != 1:
+                raise ModelError(f"layer '{self.name}': its mask cannot be saved as one Keras mask tensor")
+            kwargs["mask"] = sources[0]
+        return [x], kwargs
 
     def _gather_call(self, inputs: Any, initial_state: Any, mask: Any) -> tuple[Any, list[Any], MaskSource | None]:
         if isinstance(inputs, list | tuple):  # Keras: layer([x, h0, c0])

@@ -404,8 +404,34 @@ _SCHEDULES: dict[str, type[LearningRateSchedule]] = {
 }
 
 
+# Keras optimizer config keys without an effect at these values (a saved Keras model carries them).
+_KERAS_DEFAULTS: dict[str, Any] = {
+    "use_ema": False,
+    "ema_momentum": None,
+    "ema_overwrite_frequency": None,
+    "loss_scale_factor": None,
+    "gradient_accumulation_steps": None,
+    "amsgrad": False,
+    "centered": False,
+    "name": None,
+}
+
+
 def from_config(name: str, config: dict[str, Any]) -> Optimizer:
+    """An optimizer from its Keras config (`keras.optimizers.Adam().get_config()` or ours)."""
     config = dict(config)
+    for key, default in _KERAS_DEFAULTS.items():
+        if key not in config:
+            continue
+        value = config.pop(key)
+        if key in ("name", "ema_momentum") or (key == "weight_decay" and value is None):
+            continue
+        if value != default and not (not config.get("use_ema") and key.startswith("ema_")):
+            raise ModelError(
+                f"optimizer {name}: {key}={value!r} is not supported; kcompile implements {key}={default!r}"
+            )
+    if config.get("weight_decay", 0) is None:
+        config.pop("weight_decay")
     lr = config.get("learning_rate")
     if isinstance(lr, dict):
         config["learning_rate"] = _SCHEDULES[lr["class_name"]](**lr["config"])
