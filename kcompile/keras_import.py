@@ -562,6 +562,11 @@ class KerasOp(Layer):
             if isinstance(x, KTensor) and not isinstance(other, KTensor) and np.all(np.asarray(other) == 0):
                 return _MaskOf(x, "nonzero")
             raise KCompileError(f"operation '{self.name}' (not_equal) is supported only as a mask computation")
+        if self.op in ("LogicalOr", "LogicalAnd") and all(isinstance(a, _MaskOf) for a in args):
+            first, second = args
+            if first.tensor is second.tensor and first.how == second.how:
+                return first  # a merge layer's mask of two inputs carrying the same mask
+            return _MaskOf(first.tensor, "combined")
         if self.op == "Any":
             (m,) = args
             axis = self.config.get("axis", kwargs.get("axis"))
