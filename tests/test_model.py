@@ -231,3 +231,12 @@ def test_default_initializers_follow_keras() -> None:
     again = layers.Dense(300)
     again(x)
     np.testing.assert_array_equal(again.get_weights()[0], kernel)
+
+
+def test_bidirectional_weights_take_the_active_name_scope_once() -> None:
+    x = kc.Input(shape=(4, 3))
+    with kc.name_scope("block"):
+        y = layers.Bidirectional(layers.LSTM(2))(x)
+    names = [w.name for w in kc.Model(x, y).weights]
+    assert names[0] == "block/bidirectional/forward_lstm/lstm_cell/kernel"
+    assert names[3] == "block/bidirectional/backward_lstm/lstm_cell/kernel"

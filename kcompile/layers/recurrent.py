@@ -21,7 +21,8 @@ Masks (Keras: a masked step keeps the states and repeats the previous output):
   finds the producer of its input (`keras_mask`), adds the tensors the mask is computed from to its
   own inputs, and recomputes the mask (a compare and a reduction; CSE merges repeats).
 dropout/recurrent_dropout are accepted and do nothing at inference (training refuses non-zero
-rates: recurrent dropout is not implemented); `stateful=True` is refused; `unroll`, `implementation`, `use_cudnn` are ignored.
+rates: recurrent dropout is not implemented); `stateful=True` is refused; `unroll`,
+`implementation`, `use_cudnn` are ignored.
 """
 
 from __future__ import annotations
@@ -64,7 +65,33 @@ def keras_mask(t: KTensor) -> MaskSource | None:
         return [call.inputs[0]], _nonzero
     if type(layer).__name__ in MASK_PRESERVING and len(call.inputs) == 1:
         return keras_mask(call.inputs[0])
+    if type(layer).__name__ in MASK_MERGING and len(call.inputs) >= 2:
+        masks = [keras_mask(x) for x in call.inputs]
+        return None if any(m is None for m in masks) else _or_masks(masks)  # type: ignore[arg-type]
     return None
+
+
+# Merging layers whose output mask is the OR of their inputs' masks (None if an input has none).
+MASK_MERGING = frozenset({"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"})
+
+
+def _or_masks(masks: list[MaskSource]) -> MaskSource:
+    first_tensors, first_fn = masks[0]
+    if all([id(t) for t in ts] == [id(t) for t in first_tensors] and fn is first_fn for ts, fn in masks):
+        return masks[0]  # the same mask on every input (one Embedding's padding): OR changes nothing
+    sizes = [len(ts) for ts, _ in masks]
+
+    def either(b: Builder, vs: list[Value]) -> Value:
+        out: Value | None = None
+        at = 0
+        for (_, fn), n in zip(masks, sizes, strict=True):
+            m = b.op("cast", [fn(b, vs[at : at + n])], to="float32")
+            out = m if out is None else b.op("maximum", [out, m])
+            at += n
+        assert out is not None
+        return b.op("compare", [out, b.constant(np.asarray(0.5, "float32"))], mode="greater")
+
+    return [t for ts, _ in masks for t in ts], either
 
 
 def _nonzero(b: Builder, vs: list[Value]) -> Value:
@@ -545,8 +572,10 @@ class Bidirectional(_Recurrent):
         return 2
 
     def build(self, input_types: list[TensorType]) -> None:
-        prefix = current_scope() or self._scope_at_init
-        path = f"{prefix}/{self.name}" if prefix else self.name
+        # The directions' weights live under this layer's name, inside the scope active now (or,
+        # when none is, the one active when the layer was made).
+        outer = "" if current_scope() else self._scope_at_init
+        path = f"{outer}/{self.name}" if outer else self.name
         for sub in (self.forward_layer, self.backward_layer):
             with _weight_scope(path):
                 sub.build(input_types[:1])

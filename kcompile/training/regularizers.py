@@ -83,9 +83,10 @@ def get(identifier: Any) -> Regularizer | None:
 
 
 def penalties(layers: list[Any]) -> list[tuple[Param, Regularizer]]:
-    """(weight, regularizer) pairs from the layers' `<weight>_regularizer` attributes."""
+    """(weight, regularizer) pairs from the `<weight>_regularizer` attributes of the layers and of
+    the layers inside them (nested models, TimeDistributed, Bidirectional), each layer once."""
     out: list[tuple[Param, Regularizer]] = []
-    for layer in layers:
+    for layer in _with_inner(layers):
         for attr, value in sorted(vars(layer).items()):
             if not attr.endswith("_regularizer") or value is None or attr == "activity_regularizer":
                 continue
@@ -93,4 +94,23 @@ def penalties(layers: list[Any]) -> list[tuple[Param, Regularizer]]:
             weight = getattr(layer, attr[: -len("_regularizer")], None)
             if isinstance(weight, Param) and reg is not None:
                 out.append((weight, reg))
+    return out
+
+
+def _with_inner(layers: list[Any]) -> list[Any]:
+    from ..layers.base import Layer
+
+    out: list[Any] = []
+    seen: set[int] = set()
+    todo = list(layers)
+    while todo:
+        layer = todo.pop(0)
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        out.append(layer)
+        inner = [v for v in vars(layer).values() if isinstance(v, Layer)]
+        if hasattr(layer, "_order"):  # a model: its own layers
+            inner += list(layer.layers)
+        todo.extend(inner)
     return out
