@@ -51,6 +51,7 @@ $(BENCH_STAMP): pyproject.toml | $(PY)
 
 bench: $(BENCH_STAMP)
 	KERAS_BACKEND=torch $(PY) bench/run.py
+	KERAS_BACKEND=torch $(PY) bench/train.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

@@ -55,7 +55,10 @@ def split_source(source: str, model: str | None = None) -> tuple[str, str | None
 def _check_path(path: str) -> str:
     ext = os.path.splitext(path)[1]
     if ext not in SUFFIXES:
-        raise KCompileError(f"cannot tell what {path!r} is; give a .k model file, a Keras .keras file or a .py file (path/to/file.py:NAME)")
+        raise KCompileError(
+            f"cannot tell what {path!r} is; give a .k model file, a Keras .keras file or a .py file "
+            "(path/to/file.py:NAME)"
+        )
     if not os.path.exists(path):
         raise KCompileError(f"{path}: no such file")
     if not os.path.isfile(path):

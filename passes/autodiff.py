@@ -16,7 +16,11 @@ differentiable the way Keras trains:
 - `batch_norm(x, gamma, beta, mm, mv, 1)` -> batch statistics as Keras' `ops.moments`
   (mean, E[x^2] - mean^2: the biased variance), `y = (x - mean) * (rsqrt(var + eps) * gamma) + beta`,
   and the moving-statistic updates `moving * momentum + batch * (1 - momentum)`, appended to the
-  graph's outputs and listed in `pass.updates` as (param, new value) pairs.
+  graph's outputs and listed in `pass.updates` as (param, new value) pairs;
+- `lstm`/`gru`/`simple_rnn` that depend on a trainable weight -> the recurrence unrolled over its
+  static time length into primitive ops (`kcompile.ops.recurrent.unroll`), every output
+  replaced. One with a symbolic time length stays, and its gradient rule refuses naming the layer
+  and the fix (a fixed sequence length); one that no trainable weight reaches stays one ONNX node.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from kcompile.ir.builder import Builder
 from kcompile.ir.graph import Graph, Node, Param, Value
 from kcompile.ir.types import FLOAT_DTYPES
 from kcompile.ops.gradients import NO_GRADIENT, GradContext, GradientError
+from kcompile.ops.recurrent import KINDS as RECURRENT
+from kcompile.ops.recurrent import unroll
 from kcompile.ops.registry import get_op
 
 from .base import Pass, PassResult
@@ -139,10 +145,27 @@ class DecomposeForTrainingPass(Pass):
         old = graph.nodes
         graph.nodes = []
         b = Builder(graph)
-        stats = {"dropout": 0, "batch_norm": 0}
+        stats = {"dropout": 0, "batch_norm": 0, "recurrent": 0}
         subst: dict[int, Value] = {}
+        # Values a trainable weight reaches: only recurrences among them need unrolling.
+        active: set[int] = {id(p) for p in graph.params if p.trainable}
         for node in old:
             node.inputs = [subst.get(id(v), v) for v in node.inputs]
+            if any(id(v) in active for v in node.inputs):
+                active.update(id(o) for o in node.outputs)
+            if (
+                node.op in RECURRENT
+                and isinstance(node.inputs[0].type.shape[1], int)
+                and any(id(v) in active for v in node.inputs)
+            ):
+                with b.scope(node.scope), b.loc(node.loc), b.device(node.device):
+                    outs = unroll(b, node)
+                for o, new_o in zip(node.outputs, outs, strict=True):
+                    subst[id(o)] = new_o
+                    if id(o) in active:
+                        active.add(id(new_o))
+                stats["recurrent"] += 1
+                continue
             phase = _phase(node.inputs[-1]) if node.op in ("dropout", "batch_norm") and node.inputs else None
             if node.op == "dropout" and phase:
                 with b.scope(node.scope), b.loc(node.loc), b.device(node.device):
@@ -156,6 +179,8 @@ class DecomposeForTrainingPass(Pass):
                 graph.nodes.append(node)
                 continue
             subst[id(node.outputs[0])] = new
+            if id(node.outputs[0]) in active:
+                active.add(id(new))
         graph.outputs = [subst.get(id(v), v) for v in graph.outputs] + [new for _, new in self.updates]
         graph.remove_dead()
         return PassResult(graph, any(stats.values()), {k: v for k, v in stats.items() if v})

@@ -9,6 +9,8 @@
     add(matmul(x, W), c)                 -> gemm(x, W, c)                x of rank 2
     add(gemm(x, W, c), t)                -> gemm(x, W, c + t)
     mul(gemm(x, W, c), s)                -> gemm(x, W * s, c * s)
+    mul(conv_transpose(x, w[, c]), s)    -> conv_transpose(x, w * s, c * s)   s per output channel
+    add(conv_transpose(x, w[, c]), t)    -> conv_transpose(x, w, c + t)       t per output channel
     conv(pad(x, zeros on spatial axes), w) -> conv(x, w) with the padding in its pads
 
 Every constant must broadcast along the output-channel axis only (axis 1 for conv, the last
@@ -186,6 +188,56 @@ def _fold_pad_into_conv(m: Match, b: Builder) -> Value:
     return b.op("conv", [x, *conv.inputs[1:]], **attrs)
 
 
+def _conv_transpose_affine_check(m: Match) -> str | None:
+    node = m.node("op")
+    if m.const("c") is None:
+        return "the other operand is not a constant"
+    if m.consts is None or any(m.consts.value(v) is None for v in node.inputs[1:]):
+        return "the weights or the bias are not constants"
+    y = node.outputs[0]
+    channels = y.type.shape[1]
+    if per_channel(m.const("c"), y.type.rank, 1, channels if isinstance(channels, int) else -1) is None:  # type: ignore[arg-type]
+        return f"the constant {m['c'].type} is not per output channel"
+    return None
+
+
+def _conv_transpose_vector(m: Match) -> np.ndarray:
+    y = m.node("op").outputs[0]
+    v = per_channel(m.const("c"), y.type.rank, 1, int(y.type.shape[1]))  # type: ignore[arg-type]
+    assert v is not None
+    return v
+
+
+def _scale_conv_transpose(m: Match, b: Builder) -> Value:
+    # ConvTranspose kernels are [C, O/group, *k]; output channel gi * O/group + o reads w[gi's C, o].
+    node = m.node("op")
+    assert m.consts is not None
+    s = _conv_transpose_vector(m)
+    w = m.consts.value(node.inputs[1])
+    assert w is not None
+    g, og, nd = node.attrs["group"], w.shape[1], w.ndim - 2
+    w2 = w.reshape((g, -1, og) + w.shape[2:]) * s.reshape((g, 1, og) + (1,) * nd)
+    ins = [node.inputs[0], new_const(b, w2.reshape(w.shape).astype(w.dtype), node.inputs[1])]
+    if len(node.inputs) == 3:
+        bias = m.consts.value(node.inputs[2])
+        assert bias is not None
+        ins.append(new_const(b, (bias * s).astype(bias.dtype), node.inputs[2]))
+    return b.op("conv_transpose", ins, **node.attrs)
+
+
+def _shift_conv_transpose(m: Match, b: Builder) -> Value:
+    node = m.node("op")
+    assert m.consts is not None
+    t = _conv_transpose_vector(m)
+    if len(node.inputs) == 3:
+        old = m.consts.value(node.inputs[2])
+        assert old is not None
+        bias = new_const(b, (old + t).astype(old.dtype), node.inputs[2])
+    else:
+        bias = new_const(b, t, m["c"])
+    return b.op("conv_transpose", [node.inputs[0], node.inputs[1], bias], **node.attrs)
+
+
 def _matmul_bias_check(m: Match) -> str | None:
     if m.node("op").inputs[0].type.rank != 2:
         return "the matmul input is not rank 2 (ONNX Gemm is 2-D)"
@@ -245,6 +297,18 @@ FUSION = RuleSet(
             _scale_weights,
             check=_affine_check,
         ),
+        Rule(
+            "fold-scale-into-conv-transpose",
+            P("mul", P("conv_transpose", any_inputs=True, name="op"), V("c")),
+            _scale_conv_transpose,
+            check=_conv_transpose_affine_check,
+        ),
+        Rule(
+            "fold-shift-into-conv-transpose",
+            P("add", P("conv_transpose", any_inputs=True, name="op"), V("c")),
+            _shift_conv_transpose,
+            check=_conv_transpose_affine_check,
+        ),
     ],
 )
 
@@ -260,4 +324,70 @@ class FusionPass(Pass):
         stats = apply_rules(graph, (FUSION, SIMPLIFY), self.consts)
         names = {r.name for r in FUSION.rules}
         self.explanations = [str(e) for e in stats.explanations if e.rule in names]
+        return PassResult(graph, stats.total > 0, dict(stats.applied))
+
+
+# Training (weights are values, not constants; both rules keep values and gradients exact):
+#     add(conv(x, w[, c]), v)  -> conv(x, w, reshape(v, [C]) [+ c])   v a value per output channel
+#     max_pool(relu(x))        -> relu(max_pool(x))
+# relu is monotone, so the two orders give the same maximum, and the gradient reaches the same
+# element: a window's first maximum of relu(x) is its first maximum of x when that is positive;
+# otherwise relu' is 0 there in both orders. The pooled relu and its mask are a fraction of the
+# size, and the bias rides in the Conv.
+def _bias_value_check(m: Match) -> str | None:
+    if m.consts is not None and m.consts.value(m["c"]) is not None:
+        return "the bias is a constant (fold-shift-into-conv applies)"
+    y = m.node("op").outputs[0]
+    c, rank = m["c"].type, y.type.rank
+    if c.rank > rank or c.dtype != y.type.dtype or not all(isinstance(d, int) for d in c.shape):
+        return f"{c} is not a static per-channel operand of {y.type}"
+    full = (1,) * (rank - c.rank) + tuple(c.shape)
+    if any(d != 1 for i, d in enumerate(full) if i != 1) or full[1] != y.type.shape[1]:
+        return f"{c} does not vary along the output channels only"
+    return None
+
+
+def _bias_into_conv(m: Match, b: Builder) -> Value:
+    node = m.node("op")
+    channels = node.outputs[0].type.shape[1]
+    bias = b.op("reshape", [m["c"]], shape=(channels,))
+    if len(node.inputs) == 3:
+        bias = b.op("add", [node.inputs[2], bias])
+    return b.op("conv", [node.inputs[0], node.inputs[1], bias], **node.attrs)
+
+
+TRAINING_FUSION = RuleSet(
+    "training-fusion",
+    [
+        Rule(
+            "fold-bias-value-into-conv",
+            P("add", P("conv", any_inputs=True, name="op"), V("c")),
+            _bias_into_conv,
+            check=_bias_value_check,
+        ),
+        Rule(
+            "fold-bias-value-into-conv-left",
+            P("add", V("c"), P("conv", any_inputs=True, name="op")),
+            _bias_into_conv,
+            check=_bias_value_check,
+        ),
+        Rule(
+            "relu-after-max-pool",
+            P("max_pool", P("relu", V("x"))),
+            lambda m, b: b.op("relu", [b.op("max_pool", [m["x"]], **m.root.attrs)]),
+        ),
+    ],
+)
+
+
+class TrainingFusionPass(Pass):
+    """TRAINING_FUSION on a forward graph about to be differentiated (weights are not constants)."""
+
+    name = "training-fusion"
+
+    def __init__(self) -> None:
+        self.consts = Constants(params=False)
+
+    def run(self, graph: Graph) -> PassResult:
+        stats = apply_rules(graph, (TRAINING_FUSION, SIMPLIFY), self.consts)
         return PassResult(graph, stats.total > 0, dict(stats.applied))

@@ -242,3 +242,75 @@ class LayoutPass(Pass):
         stats = apply_rules(graph, (LAYOUT, SIMPLIFY), self.consts)
         self.explanations = [str(e) for e in stats.explanations if e.rule in {r.name for r in LAYOUT.rules}]
         return PassResult(graph, stats.total > 0, dict(stats.applied))
+
+
+# Training: weights are values that change every step, not constants. A broadcast operand that is
+# not a constant (a bias, a batch statistic) still follows the transpose when laying it out for x
+# is a reshape (its non-unit dims keep their order):
+#     f(transpose(x, p), v) -> transpose(f(x, reshape(v, v's shape laid out for x)), p)
+def _vector_layout(v: Value, perm: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape of v laid out for x (see `_const_for_layout`) when that is a reshape of v."""
+    rank = len(perm)
+    shape = v.type.shape
+    if v.type.rank > rank or not all(isinstance(d, int) for d in shape):
+        return None
+    full = (1,) * (rank - v.type.rank) + tuple(int(d) for d in shape)  # type: ignore[arg-type]
+    source = inverse(perm)  # laid[i] = full[source[i]]
+    laid = tuple(full[i] for i in source)
+    order = [source[i] for i in range(rank) if laid[i] != 1]
+    return laid if order == sorted(order) else None
+
+
+def _vector_side_check(m: Match) -> str | None:
+    if m.const("c") is not None:
+        return "the other operand is a constant (push-transpose-binary-const applies)"
+    if _vector_layout(m["c"], m.node("t").attrs["perm"]) is None:
+        return f"laying out {m['c'].type} for the transposed operand is not a reshape"
+    return None
+
+
+def _push_binary_vector(left: bool):  # type: ignore[no-untyped-def]
+    def replace(m: Match, b: Builder) -> Value:
+        perm = m.node("t").attrs["perm"]
+        laid = _vector_layout(m["c"], perm)
+        assert laid is not None
+        c2 = b.op("reshape", [m["c"]], shape=laid)
+        ins = [m["x"], c2] if left else [c2, m["x"]]
+        return b.op("transpose", [b.op(m.root.op, ins, **m.root.attrs)], perm=perm)
+
+    return replace
+
+
+TRAINING_LAYOUT = RuleSet(
+    "training-layout",
+    [
+        Rule(
+            "push-transpose-binary-vector-right",
+            P(_binary_ops(), P(T, V("x"), name="t"), V("c")),
+            _push_binary_vector(left=True),
+            check=_vector_side_check,
+            allow_shared=True,
+        ),
+        Rule(
+            "push-transpose-binary-vector-left",
+            P(_binary_ops(), V("c"), P(T, V("x"), name="t")),
+            _push_binary_vector(left=False),
+            check=_vector_side_check,
+            allow_shared=True,
+        ),
+    ],
+)
+
+
+class TrainingLayoutPass(Pass):
+    """LAYOUT on a training graph: weights are not constants (they are state updated every step),
+    and broadcast operands that are values follow the transposes (TRAINING_LAYOUT)."""
+
+    name = "training-layout"
+
+    def __init__(self) -> None:
+        self.consts = Constants(params=False)
+
+    def run(self, graph: Graph) -> PassResult:
+        stats = apply_rules(graph, (LAYOUT, TRAINING_LAYOUT, SIMPLIFY), self.consts)
+        return PassResult(graph, stats.total > 0, dict(stats.applied))

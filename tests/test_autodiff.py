@@ -118,6 +118,11 @@ GRAD_CASES: dict[str, list[GCase]] = {
         case(normal(1, 2, 4, 5, 6), normal(2, 2, 2, 2, 2), auto_pad="VALID", strides=(1, 2, 2)),
         case(normal(2, 2, 7, 7), normal(3, 2, 3, 3), auto_pad="VALID", strides=(2, 2)),
     ],
+    "conv_transpose": [
+        case(normal(2, 3, 3, 4), normal(3, 2, 3, 3), strides=(2, 2), pads=(1, 1, 0, 0), output_padding=(1, 0)),
+        case(normal(2, 2, 5), normal(2, 3, 3), normal(3), dilations=(2,), pads=(1, 2)),
+        case(normal(1, 4, 3, 3), normal(4, 2, 2, 3), group=2, strides=(1, 2), pads=(0, 1, 1, 0)),
+    ],
     "max_pool": [
         case(distinct(2, 3, 5, 5), kernel=(2, 2), strides=(2, 2), auto_pad="SAME_UPPER"),
         case(distinct(2, 2, 9), kernel=(3,), strides=(2,), auto_pad="VALID"),
@@ -132,6 +137,10 @@ GRAD_CASES: dict[str, list[GCase]] = {
     "reduce_sum": [case(normal(2, 3, 4), axes=(2,))],
     "reduce_max": [case(distinct(2, 3, 4), axes=(1,)), case(distinct(2, 3, 4), axes=(0, 2), keepdims=True)],
     "dropout": [case(normal(3, 4), np.array(False), rate=0.5, seed=3), case(normal(3, 4), np.array(True), rate=0.0)],
+    "phase_select": [
+        case(normal(3, 4), normal(3, 4), PHASE, training=True),
+        case(normal(3, 4), normal(3, 4), PHASE, training=False),
+    ],
     "batch_norm": [
         case(normal(4, 3), normal(3), normal(3), normal(3), positive(3), epsilon=1e-3),
         case(normal(4, 3, 2, 2), normal(3), normal(3), normal(3), positive(3), PHASE, axis=1, training=True),
@@ -143,6 +152,7 @@ GRAD_CASES: dict[str, list[GCase]] = {
     # The adjoint and helper ops of training_ops.
     "expand_like": [case(normal(1, 4), normal(3, 4)), case(normal(4), normal(2, 3, 4))],
     "reshape_like": [case(normal(3, 4), normal(2, 6))],
+    "unflatten_like": [case(normal(6, 4), normal(2, 3, 5), axes=2)],
     "slice": [
         case(normal(3, 6), axes=(1,), starts=(1,), ends=(4,)),
         case(normal(4, 3), axes=(0, 1), starts=(1, 0), ends=(3, 2)),
@@ -163,12 +173,20 @@ GRAD_CASES: dict[str, list[GCase]] = {
         case(normal(2, 3, 3, 3), normal(2, 3, 5, 5), kernel=(2, 2), strides=(2, 2), auto_pad="SAME_UPPER")
     ],
     "log_softmax": [case(normal(3, 5), axis=-1), case(normal(2, 3, 4), axis=1)],
+    "layer_norm": [
+        case(normal(3, 5), normal(5), normal(5), epsilon=1e-3),
+        case(normal(2, 3, 4), normal(3, 4), axis=1, epsilon=0.1),
+        case(normal(4, 2, 3), normal(3), normal(3), axis=-1, epsilon=1e-5),
+    ],
 }
 
 # Ops whose outputs carry no gradient (bool/int outputs, or values that are piecewise constant).
-NONDIFFERENTIABLE = {"compare", "argmax", "one_hot", "size", "dropout_mask", "constant", "learning_phase"}
+NONDIFFERENTIABLE = {
+    "compare", "argmax", "one_hot", "size", "dropout_mask", "random_normal", "constant", "learning_phase",
+}  # fmt: skip
 # Ops whose rule exists but refuses, with a reason (`unsupported_reason`): second derivatives of
-# max pooling, and the recurrent ops (training through lstm/gru/simple_rnn is not implemented).
+# max pooling, and the recurrent ops (training differentiates lstm/gru/simple_rnn through their
+# unrolled form, DecomposeForTrainingPass; checked by tests/test_recurrent_training.py).
 REFUSED = {"max_pool_grad", "lstm", "gru", "simple_rnn"}
 
 

@@ -109,9 +109,11 @@ def test_missing_argument_shows_the_signature(tmp_path: Path) -> None:
 
 
 def test_too_many_positional_arguments(tmp_path: Path) -> None:
-    err = error(tmp_path, "model m {\n    x = Input(shape=(4,))\n    return Dropout(0.5, 1, 2)(x)\n}\n")
-    assert at(err) == ("m.k", 3, 28)
-    assert err.message.startswith("Dropout takes 2 positional arguments (rate, seed); pass the others by name")
+    err = error(tmp_path, "model m {\n    x = Input(shape=(4,))\n    return Dropout(0.5, None, 1, 2)(x)\n}\n")
+    assert at(err) == ("m.k", 3, 34)
+    assert err.message.startswith(
+        "Dropout takes 3 positional arguments (rate, noise_shape, seed); pass the others by name"
+    )
 
 
 def test_wrong_argument_type(tmp_path: Path) -> None:

@@ -86,6 +86,11 @@ CASES: dict[str, list[Case]] = {
         Case([T("batch", 12)], {"shape": (0, 3, -1)}),
         Case([T("batch", 2, 6)], {"shape": (0, 3, 4)}),
     ],
+    "unflatten_like": [
+        Case([T("batch", 4), T("batch", 1, 7)], {"axes": 2}),
+        Case([T(6, 5, 2), T(2, 3, "batch")], {"axes": 2}),
+        Case([T(6, 5), T(6, "batch")], {"axes": 1}),
+    ],
     "concat": [
         Case([T("batch", 2), T("batch", 3), T("batch", 1)], {"axis": -1}),
         Case([T("batch", 2, 2)] * 2, {"axis": 1}),
@@ -107,6 +112,19 @@ CASES: dict[str, list[Case]] = {
         Case([T("batch", 4, 7, 7)], {"auto_pad": "SAME_UPPER", "group": 2}, params=[np.ones((6, 2, 3, 3))]),
         Case([T("batch", 2, 8)], {"pads": (2, 0)}, params=[np.ones((3, 2, 3)), np.ones(3)]),
         Case([T("batch", 2, 4, 5, 6)], {"auto_pad": "VALID", "strides": (1, 2, 2)}, params=[np.ones((2, 2, 2, 2, 2))]),
+    ],
+    "conv_transpose": [
+        Case([T("batch", 3, 4, 5)], {"strides": (2, 2), "pads": (1, 1, 0, 0)}, params=[np.ones((3, 2, 3, 3))]),
+        Case([T("batch", 2, 6)], {"strides": (3,), "output_padding": (2,)}, params=[np.ones((2, 3, 2)), np.ones(3)]),
+        Case([T("batch", 2, 5)], {"dilations": (2,), "pads": (1, 2)}, params=[np.ones((2, 3, 3))]),
+        Case(
+            [T("batch", 4, 3, 4)], {"group": 2, "strides": (1, 2), "pads": (1, 0, 1, 1)}, params=[np.ones((4, 3, 3, 2))]
+        ),
+        Case(
+            [T("batch", 2, 3, 2, 4)],
+            {"strides": (2, 1, 2), "output_padding": (1, 0, 1)},
+            params=[np.ones((2, 2, 2, 2, 3))],
+        ),
     ],
     "max_pool": [
         Case([T("batch", 3, 9, 9)], {"kernel": (2, 2), "strides": (2, 2), "auto_pad": "SAME_UPPER"}),
@@ -135,11 +153,26 @@ CASES: dict[str, list[Case]] = {
         Case([T("batch", 8), T(dtype="bool")], {"rate": 0.5, "seed": 3}, training=False),
         Case([T("batch", 8), T(dtype="bool")], {"rate": 0.0, "seed": 3}, training=True),
     ],
+    "phase_select": [
+        Case([T("batch", 5, 3), T("batch", 5, 3), T(dtype="bool")], training=True),
+        Case([T("batch", 5, 3), T("batch", 5, 3), T(dtype="bool")], training=False),
+    ],
+    # A random draw cannot match across generators: stddev 0 pins the value (the distribution is
+    # tested in test_reshaping_layers.py).
+    "random_normal": [
+        Case([T("batch", 6)], {"mean": 1.5, "stddev": 0.0, "seed": 2}),
+        Case([T("batch", 2, 3)], {"stddev": 0.0}),
+    ],
     "batch_norm": [
         Case([T("batch", 5, 4)], {"axis": -1, "epsilon": 1e-3}, params=[np.ones(4)] * 4),
         Case([T("batch", 3, 4, 4)], {"axis": 1, "epsilon": 1e-3}, params=[np.ones(3)] * 4),
         Case([T("batch", 6), T(dtype="bool")], {"axis": -1}, params=[np.ones(6)] * 4, training=True),
         Case([T("batch", 6), T(dtype="bool")], {"axis": -1}, params=[np.ones(6)] * 4, training=False),
+    ],
+    "layer_norm": [
+        Case([T("batch", 3, 5)], {"axis": -1, "epsilon": 1e-3}, params=[np.ones(5), np.ones(5)]),
+        Case([T("batch", 2, 3, 4)], {"axis": 2, "epsilon": 0.1}, params=[np.ones((3, 4))]),
+        Case([T("batch", 6)], {"axis": 1, "epsilon": 1e-5}, params=[np.ones(6), np.ones(6)]),
     ],
 }
 

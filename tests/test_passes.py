@@ -83,6 +83,15 @@ def replicated() -> kc.Model:
     return kc.Model(x, y)
 
 
+def decoder() -> kc.Model:
+    x = kc.Input(shape=(4, 5, 3), name="x")
+    h = layers.Conv2DTranspose(6, 3, strides=2, padding="same")(x)
+    h = layers.ReLU()(layers.BatchNormalization()(h))
+    h = layers.SeparableConv2D(4, 3, padding="same", depth_multiplier=2)(h)
+    h = layers.BatchNormalization()(layers.Conv2DTranspose(2, 2, strides=2, use_bias=False)(h))
+    return kc.Model(x, layers.Activation("sigmoid")(h))
+
+
 MODELS: dict[str, Builder] = {
     "conv_bn_relu": conv_bn_relu,
     "residual": residual,
@@ -90,6 +99,7 @@ MODELS: dict[str, Builder] = {
     "mobile_block": mobile_block,
     "softmax_axis": softmax_axis,
     "replicated": replicated,
+    "decoder": decoder,
 }
 
 

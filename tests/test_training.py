@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import os
 from typing import Any
 
 import numpy as np
@@ -390,3 +392,121 @@ def test_export_writes_inference_onnx_with_the_trained_weights(tmp_path: Any) ->
     assert [i.name for i in sess.get_inputs()] == [model.inputs[0]._call.layer.name]  # no learning phase
     (got,) = sess.run(None, {sess.get_inputs()[0].name: x[:20]})
     np.testing.assert_allclose(got, model.predict(x[:20]), rtol=1e-5, atol=1e-6)
+
+
+# Sample and class weights --------------------------------------------------------------------
+@pytest.mark.parametrize("index", range(len(LOSS_CASES)))
+def test_sample_weighted_losses_divide_by_the_batch_size(index: int) -> None:
+    loss, t, p, per_sample = LOSS_CASES[index]
+    if per_sample is None:
+        per_sample = _kld(t, p)
+    sw = np.linspace(0.0, 2.0, len(t))
+
+    def weighted(b: Builder, tv: Any, pv: Any) -> Any:
+        w = b.constant(sw, "float64")
+        return loss(b, tv, pv, w)
+
+    # Keras' "sum_over_batch_size": sum(w * l) / N, not / sum(w).
+    np.testing.assert_allclose(_run(weighted, t, p)[0], (sw * per_sample).sum() / len(t), rtol=1e-10)
+
+
+def test_packed_targets_round_trip() -> None:
+    y = np.array([[3], [0], [7]], np.int64)
+    sw = np.array([0.5, 1.0, 2.0], np.float32)
+    b = Builder()
+    packed = b.input("y", TensorType("float32", ("batch", 2)))
+    target, w = losses.unpack_weighted_target(b, packed, TensorType("int64", ("batch", 1)))
+    b.graph.outputs = [target, w]
+    got_t, got_w = run_graph(b.graph, {"y": losses.pack_weighted_target(y, sw)})
+    np.testing.assert_array_equal(got_t, y)
+    np.testing.assert_array_equal(got_w, sw)
+
+
+KERAS_HERE = os.path.join(os.path.dirname(__file__), "fixtures", "training")
+with open(os.path.join(KERAS_HERE, "keras_training.json")) as _f:
+    KERAS_INDEX = json.load(_f)
+KERAS_DATA = np.load(os.path.join(KERAS_HERE, "keras_training.npz"))
+
+
+def _keras_weights(prefix: str) -> list[np.ndarray]:
+    out = []
+    while f"{prefix}/{len(out)}" in KERAS_DATA:
+        out.append(KERAS_DATA[f"{prefix}/{len(out)}"])
+    return out
+
+
+def _keras_model(spec: dict[str, Any]) -> kc.Model:
+    from kcompile import layers
+    from kcompile.training import regularizers
+
+    stack: list[Any] = [kc.Input(shape=tuple(spec["input"]))]
+    for cls, kwargs in spec["layers"]:
+        kwargs = dict(kwargs)
+        reg = kwargs.pop("kernel_regularizer", None)
+        layer = getattr(layers, cls)(**kwargs)
+        if reg is not None:
+            layer.kernel_regularizer = regularizers.L2(reg)
+        stack.append(layer)
+    return kc.Sequential(stack)
+
+
+@pytest.mark.parametrize("case", sorted(KERAS_INDEX["weighted"]))
+def test_sample_and_class_weights_match_keras(case: str) -> None:
+    mname, (cls, kwargs), how = KERAS_INDEX["weighted"][case]
+    spec = KERAS_INDEX["models"][mname]
+    x, y = KERAS_DATA[f"{mname}/x"], KERAS_DATA[f"{mname}/y"]
+    if how.get("sample_weight"):
+        weighting: dict[str, Any] = {"sample_weight": KERAS_DATA[f"weighted/{case}/sample_weight"]}
+    else:
+        weighting = {"class_weight": {int(k): v for k, v in how["class_weight"].items()}}
+
+    def fresh() -> kc.Model:
+        model = _keras_model(spec)
+        model.set_weights(_keras_weights(f"{mname}/w0"))
+        model.compile(optimizer=getattr(optimizers, cls)(**kwargs), loss=spec["loss"])
+        return model
+
+    def check(model: kc.Model, prefix: str) -> None:
+        want = _keras_weights(prefix)
+        got = model.get_weights()
+        assert len(got) == len(want)
+        for w, g, k in zip(model.weights, got, want, strict=True):
+            np.testing.assert_allclose(g, k, rtol=1e-5, atol=1e-6, err_msg=f"{w.name} at {prefix}")
+
+    model = fresh()
+    want_losses = KERAS_DATA[f"weighted/{case}/loss"]
+    for step in range(1, 4):
+        loss = model.train_on_batch(x, y, **weighting)
+        np.testing.assert_allclose(loss, want_losses[step - 1], rtol=1e-5, err_msg=f"loss at step {step}")
+        if step in (1, 3):
+            check(model, f"weighted/{case}/step{step}")
+    got_eval = model.evaluate(x, y, batch_size=8, verbose=0, sample_weight=weighting.get("sample_weight"))
+    np.testing.assert_allclose(got_eval, KERAS_DATA[f"weighted/{case}/evaluate"], rtol=1e-5)
+    model = fresh()
+    hist = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, **weighting)
+    check(model, f"weighted/{case}/fit")
+    np.testing.assert_allclose(hist.history["loss"], KERAS_DATA[f"weighted/{case}/fit_loss"], rtol=1e-5)
+
+
+def test_weighting_errors_are_explained() -> None:
+    x, y = _blobs()
+    model = _mlp()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ModelError, match="not both"):
+        model.fit(x, y, sample_weight=np.ones(len(x)), class_weight={0: 2.0}, verbose=0)
+    with pytest.raises(ModelError, match=r"sample_weight .* must have shape"):
+        model.fit(x, y, sample_weight=np.ones(3), verbose=0)
+
+
+def test_weighted_validation_data_is_evaluated_with_its_weights() -> None:
+    x, y = _blobs()
+    sw = np.random.default_rng(5).uniform(0, 2, len(x)).astype(np.float32)
+    model = _mlp()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    hist = model.fit(x[:300], y[:300], validation_data=(x[300:], y[300:], sw[300:]), epochs=1, verbose=0, seed=0)
+    want = model.evaluate(x[300:], y[300:], sample_weight=sw[300:], verbose=0, return_dict=True)
+    np.testing.assert_allclose(hist.history["val_loss"][0], want["loss"], rtol=1e-6)
+    # Metrics stay unweighted (Keras' `metrics=`), the loss is weighted.
+    plain = model.evaluate(x[300:], y[300:], verbose=0, return_dict=True)
+    np.testing.assert_allclose(want["accuracy"], plain["accuracy"], rtol=1e-6)
+    assert abs(want["loss"] - plain["loss"]) > 1e-4

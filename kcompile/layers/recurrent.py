@@ -56,6 +56,8 @@ MASK_PRESERVING = frozenset(
 
 def keras_mask(t: KTensor) -> MaskSource | None:
     """The Keras mask `t` carries: the tensors it is computed from and how, or None."""
+    if getattr(t, "_keras_mask_cleared", False):
+        return None  # Keras' MultiHeadAttention clears its inputs' masks once it has used them
     call = t._call
     layer = call.layer
     compute = getattr(layer, "compute_output_mask", None)

@@ -3,6 +3,8 @@
 from . import (  # noqa: F401  (importing registers the ops)
     elementwise,
     nn,
+    noise,
+    normalization,
     recurrent,
     structural,
 )

@@ -416,6 +416,25 @@ def _conv(ctx: GradContext, node: Node, douts: list[Value | None]) -> Grads:
     return out
 
 
+@rule("conv_transpose")
+def _conv_transpose(ctx: GradContext, node: Node, douts: list[Value | None]) -> Grads:
+    # y = conv_transpose(x, w) is the adjoint of z = conv(., w) with the same window attributes:
+    # dx = conv(dy, w), and dw = conv_grad_weight(dy, x, w) (<conv_transpose(x, w), dy> = <x, conv(dy, w)>).
+    x, w = node.inputs[:2]
+    dy = douts[0]
+    assert dy is not None
+    a = node.attrs
+    attrs = {"strides": a["strides"], "pads": a["pads"], "dilations": a["dilations"], "group": a["group"]}
+    out: Grads = [
+        ctx.op("conv", [dy, w], auto_pad="NOTSET", **attrs) if ctx.wants(0) else None,
+        ctx.op("conv_grad_weight", [dy, x, w], auto_pad="NOTSET", **attrs) if ctx.wants(1) else None,
+    ]
+    if len(node.inputs) == 3:
+        axes = (0, *range(2, dy.type.rank))
+        out.append(ctx.op("reduce_sum", [dy], axes=axes) if ctx.wants(2) else None)
+    return out
+
+
 @rule("max_pool")
 def _max_pool(ctx: GradContext, node: Node, douts: list[Value | None]) -> Grads:
     assert douts[0] is not None
@@ -549,9 +568,64 @@ def _batch_norm(ctx: GradContext, node: Node, douts: list[Value | None]) -> Grad
     return [*picked, None]
 
 
+@rule("layer_norm")
+def _layer_norm(ctx: GradContext, node: Node, douts: list[Value | None]) -> Grads:
+    # xhat = (x - mean) * inv over the normalised axes N = axis..rank-1, y = xhat * scale + bias:
+    # dx = inv * (g - mean_N(g) - xhat * mean_N(g * xhat)) with g = dy * scale;
+    # dscale = sum over the leading axes of dy * xhat, dbias = sum over the leading axes of dy.
+    x, scale = node.inputs[0], node.inputs[1]
+    dy = douts[0]
+    assert dy is not None
+    rank = x.type.rank
+    axis = node.attrs["axis"] % rank
+    norm_axes = tuple(range(axis, rank))
+    dt = x.type.dtype
+
+    def mean_keep(v: Value) -> Value:
+        return ctx.op("reduce_mean", [v], axes=norm_axes, keepdims=True)
+
+    def leading_sum(v: Value) -> Value:
+        return ctx.op("reduce_sum", [v], axes=tuple(range(axis))) if axis else v
+
+    centered = ctx.op("sub", [x, mean_keep(x)])
+    var = mean_keep(ctx.op("mul", [centered, centered]))
+    eps = ctx.const(node.attrs["epsilon"], dt)
+    inv = ctx.op("div", [ctx.const(1, dt), ctx.op("sqrt", [ctx.op("add", [var, eps])])])
+    xhat = ctx.op("mul", [centered, inv])
+    dx = None
+    if ctx.wants(0):
+        g = ctx.op("mul", [dy, scale])
+        inner = ctx.op("sub", [g, mean_keep(g)])
+        inner = ctx.op("sub", [inner, ctx.op("mul", [xhat, mean_keep(ctx.op("mul", [g, xhat]))])])
+        dx = ctx.op("mul", [inv, inner])
+    dscale = leading_sum(ctx.op("mul", [dy, xhat])) if ctx.wants(1) else None
+    grads: Grads = [dx, dscale]
+    if len(node.inputs) == 3:
+        grads.append(leading_sum(dy) if ctx.wants(2) else None)
+    return grads
+
+
 # The adjoint ops (training_ops) ---------------------------------------------------------------
 for _name in ("size", "compare", "argmax", "one_hot", "dropout_mask"):
     RULES[_name] = NO_GRADIENT
+
+
+# The noise ops (noise.py) ---------------------------------------------------------------------
+RULES["random_normal"] = NO_GRADIENT
+
+
+@rule("phase_select")
+def _phase_select(ctx: GradContext, node: Node, douts: list[Value | None]) -> Grads:
+    # A phase still dynamic: the gradient goes to the branch the phase selects.
+    phase = node.inputs[2]
+    dy = douts[0]
+    assert dy is not None
+    zero = ctx.const(0, dy.type.dtype)
+    return [
+        ctx.op("where", [phase, dy, zero]) if ctx.wants(0) else None,
+        ctx.op("where", [phase, zero, dy]) if ctx.wants(1) else None,
+        None,
+    ]
 
 
 @rule("expand_like")
@@ -562,6 +636,12 @@ def _expand_like(ctx: GradContext, node: Node, douts: list[Value | None]) -> Gra
 
 @rule("reshape_like")
 def _reshape_like(ctx: GradContext, node: Node, douts: list[Value | None]) -> Grads:
+    assert douts[0] is not None
+    return [ctx.op("reshape_like", [douts[0], node.inputs[0]]), None]
+
+
+@rule("unflatten_like")
+def _unflatten_like(ctx: GradContext, node: Node, douts: list[Value | None]) -> Grads:
     assert douts[0] is not None
     return [ctx.op("reshape_like", [douts[0], node.inputs[0]]), None]
 

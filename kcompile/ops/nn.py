@@ -1,5 +1,5 @@
-"""Neural-network ops: matmul, convolution, pooling, softmax, reductions, and the two ops that read
-the learning phase (dropout, batch_norm).
+"""Neural-network ops: matmul, convolution (and its transpose), pooling, softmax, reductions, and the
+two ops that read the learning phase (dropout, batch_norm).
 
 Convolution and pooling use ONNX's conventions: data NC<spatial>, kernels O(C/group)<spatial>,
 `auto_pad="SAME_UPPER"` for Keras 'same' (the extra pixel of padding goes at the end). Keras'
@@ -8,6 +8,7 @@ channels-last layers reach them through explicit transposes that the layout pass
 
 from __future__ import annotations
 
+import itertools
 import string
 from collections.abc import Callable
 from typing import Any
@@ -208,6 +209,112 @@ register(
         reference=_conv_ref,
         onnx=_conv_onnx,
         doc="N-d cross-correlation, ONNX Conv semantics (x NC*, w O(C/group)*, optional bias b[O])",
+    )
+)
+
+
+# conv_transpose ----------------------------------------------------------------------------
+# y = ConvTranspose(x, w): every input position i scatters x[n, c, i] * w[c, o, k] to the "full"
+# output position i * s + k * d, of size s * (n - 1) + (k - 1) * d + 1 (+ output_padding zeros at
+# the end); y is that full output with pads[:nd] cut from the start and pads[nd:] from the end.
+# It is the adjoint of conv(., w) with the same strides, dilations, pads and group, which is what
+# its gradient uses; output_padding < strides keeps that adjoint's output the size of x.
+def _conv_transpose_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    x, w = types[0], types[1]
+    nd = x.rank - 2
+    if nd < 1 or w.rank != x.rank:
+        raise ShapeError(
+            f"conv_transpose needs data [N, C, *spatial] and kernel [C, O/group, *k] of one rank, got {x} and {w}"
+        )
+    if x.dtype != w.dtype or x.dtype not in FLOAT_DTYPES:
+        raise ShapeError(f"conv_transpose needs floating operands of one dtype, got {x} and {w}")
+    _check_window_attrs("conv_transpose", nd, a)
+    g = a["group"]
+    c, ci, og = x.shape[1], w.shape[0], w.shape[1]
+    if isinstance(c, int) and isinstance(ci, int) and c != ci:
+        raise ShapeError(f"conv_transpose input has {c} channels, the kernel {w} expects {ci}")
+    if isinstance(ci, int) and ci % g:
+        raise ShapeError(f"conv_transpose input channels {ci} are not divisible by group {g}")
+    o = og * g if isinstance(og, int) else og
+    if len(types) == 3 and types[2].shape != (o,):
+        raise ShapeError(f"conv_transpose bias must have shape ({o},), got {types[2]}")
+    kernel = w.shape[2:]
+    if not all(isinstance(k, int) for k in kernel):
+        raise ShapeError(f"conv_transpose kernel size must be static, got {w}")
+    strides = a["strides"] or (1,) * nd
+    dil = a["dilations"] or (1,) * nd
+    pads = a["pads"] or (0,) * (2 * nd)
+    extra = a["output_padding"] or (0,) * nd
+    if len(extra) != nd or any(not 0 <= e < s for e, s in zip(extra, strides, strict=True)):
+        raise ShapeError(f"conv_transpose output_padding {extra} must hold {nd} values in [0, strides {strides})")
+    out: list[Dim] = []
+    for i in range(nd):
+        n = x.shape[2 + i]
+        if not isinstance(n, int):
+            out.append(fresh_dim())
+            continue
+        size = strides[i] * (n - 1) + extra[i] + (int(kernel[i]) - 1) * dil[i] + 1 - pads[i] - pads[nd + i]
+        if size <= 0:
+            raise ShapeError(f"conv_transpose pads {pads} remove the whole output of a dimension of size {n}")
+        out.append(size)
+    return [x.with_shape((x.shape[0], o, *out))]
+
+
+def _conv_transpose_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any]) -> list[np.ndarray]:
+    x, w = xs[0], xs[1]
+    nd = x.ndim - 2
+    g = a["group"]
+    n, c = x.shape[:2]
+    og, kernel, spatial = w.shape[1], w.shape[2:], x.shape[2:]
+    strides, dil = a["strides"] or (1,) * nd, a["dilations"] or (1,) * nd
+    pads = a["pads"] or (0,) * (2 * nd)
+    extra = a["output_padding"] or (0,) * nd
+    full = tuple(
+        s * (i - 1) + (k - 1) * d + 1 + e for i, k, s, d, e in zip(spatial, kernel, strides, dil, extra, strict=True)
+    )
+    y = np.zeros((n, g * og, *full), np.result_type(x, w))
+    xg = x.reshape((n, g, c // g) + spatial)
+    wg = w.reshape((g, c // g, og) + kernel)
+    for kk in itertools.product(*(range(k) for k in kernel)):
+        index: tuple[Any, ...] = (Ellipsis, *kk)
+        contrib = np.einsum("ngc...,gco->ngo...", xg, wg[index]).reshape((n, g * og) + spatial)
+        at = tuple(
+            slice(k * d, k * d + s * (i - 1) + 1, s) for k, d, s, i in zip(kk, dil, strides, spatial, strict=True)
+        )
+        y[(slice(None), slice(None), *at)] += contrib
+    crop = tuple(slice(pads[i], full[i] - pads[nd + i]) for i in range(nd))
+    y = y[(slice(None), slice(None), *crop)]
+    if len(xs) == 3:
+        y = y + xs[2].reshape((1, g * og) + (1,) * nd)
+    return [y.astype(x.dtype)]
+
+
+def _conv_transpose_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    attrs: dict[str, Any] = {"group": a["group"]}
+    for key in ("strides", "dilations", "pads", "output_padding"):
+        if a[key] and any(a[key]):
+            attrs[key] = list(a[key])
+    return e.emit("ConvTranspose", ins, **attrs)
+
+
+register(
+    OpDef(
+        "conv_transpose",
+        inputs=("x", "w", "b?"),
+        attrs=(
+            Attr("strides", "ints", ()),
+            Attr("pads", "ints", ()),
+            Attr("dilations", "ints", ()),
+            Attr("group", "int", 1),
+            Attr("output_padding", "ints", ()),
+        ),
+        infer=_conv_transpose_infer,
+        reference=_conv_transpose_ref,
+        onnx=_conv_transpose_onnx,
+        doc=(
+            "N-d transposed convolution, ONNX ConvTranspose semantics with explicit pads (x NC*, "
+            "w C(O/group)*, optional bias b[O]): the adjoint of conv(., w) with the same attributes"
+        ),
     )
 )
 

@@ -335,13 +335,110 @@ def _lower(kind: str) -> OnnxLowering:
     return lower
 
 
+# Training: the recurrence unrolled into primitive ops ------------------------------------------
+def unroll(b: Any, node: Any) -> list[Any]:
+    """The node's outputs rebuilt from primitive ops (matmul, slice, activations, where, concat),
+    one cell per step of its static time length, so that every op on the path has a gradient
+    rule (`DecomposeForTrainingPass` calls this for training). The arithmetic is `reference`'s,
+    except that x W + Wb is one matmul per step (x_t W + Wb), not one for all steps: the gradient
+    of a step's slice of a precomputed x W would pad a whole [N, T, gates*u] tensor per step."""
+    kind, a = node.op, node.attrs
+    gates, n_states, _ = KINDS[kind]
+    x, w, r, bias = node.inputs[:4]
+    states, masked = _split_inputs(kind, len(node.inputs), a["masked"])
+    t_len = x.type.shape[1]
+    if not isinstance(t_len, int):
+        raise ShapeError(symbolic_length_message(node))
+    if t_len == 0:
+        raise ShapeError(f"cannot train {kind} over an empty sequence (time length 0)")
+    dt = x.type.dtype
+    u = int(r.type.shape[2])
+    gu = gates * u
+
+    def cols(v: Any, lo: int, hi: int) -> Any:
+        return b.op("slice", [v], axes=(v.type.rank - 1,), starts=(lo,), ends=(hi,))
+
+    def activation(name: str, v: Any) -> Any:
+        op, attrs, *_ = ACTIVATIONS[name]
+        return v if op is None else b.op(op, [v], **attrs)
+
+    def step_of(v: Any, t: int) -> Any:  # v[:, t] of a [N, T, I] value
+        s = b.op("slice", [v], axes=(1,), starts=(t,), ends=(t + 1,))
+        return b.op("reshape", [s], shape=(0, *v.type.shape[2:]))
+
+    act = a["activation"]
+    ract = a.get("recurrent_activation", "sigmoid")
+    w_t = b.op("transpose", [b.op("reshape", [w], shape=(gu, -1))], perm=(1, 0))  # [I, gu]
+    r_t = b.op("transpose", [b.op("reshape", [r], shape=(gu, u))], perm=(1, 0))  # [u, gu]
+    flat_b = b.op("reshape", [bias], shape=(2 * gu,))
+    wb, rb = cols(flat_b, 0, gu), cols(flat_b, gu, 2 * gu)
+    # Zero states as [1, u]: broadcasting against the first step's [N, .] values gives [N, u].
+    zero = b.constant(np.zeros((1, u), dt), dt)
+    s = list(node.inputs[4 : 4 + states]) or [zero] * n_states
+    mask = node.inputs[-1] if masked else None
+    if kind == "gru":  # recurrent weights of the z, r gates and of the candidate h
+        r_zr, rb_zr, r_h, rb_h = cols(r_t, 0, 2 * u), cols(rb, 0, 2 * u), cols(r_t, 2 * u, gu), cols(rb, 2 * u, gu)
+        one = b.constant(np.ones((), dt), dt)
+
+    def cell(xt: Any, s: list[Any]) -> list[Any]:
+        h = s[0]
+        if kind == "lstm":
+            z = b.op("add", [b.op("add", [xt, b.op("matmul", [h, r_t])]), rb])
+            i, o, f = (activation(ract, cols(z, k * u, (k + 1) * u)) for k in range(3))
+            c = b.op("add", [b.op("mul", [f, s[1]]), b.op("mul", [i, activation(act, cols(z, 3 * u, 4 * u))])])
+            return [b.op("mul", [o, activation(act, c)]), c]
+        if kind == "gru":
+            hr = b.op("add", [b.op("matmul", [h, r_zr]), rb_zr])
+            zg = activation(ract, b.op("add", [cols(xt, 0, u), cols(hr, 0, u)]))
+            rg = activation(ract, b.op("add", [cols(xt, u, 2 * u), cols(hr, u, 2 * u)]))
+            if a["reset_after"]:
+                inner = b.op("mul", [rg, b.op("add", [b.op("matmul", [h, r_h]), rb_h])])
+            else:
+                inner = b.op("add", [b.op("matmul", [b.op("mul", [rg, h]), r_h]), rb_h])
+            hh = activation(act, b.op("add", [cols(xt, 2 * u, 3 * u), inner]))
+            return [b.op("add", [b.op("mul", [zg, h]), b.op("mul", [b.op("sub", [one, zg]), hh])])]
+        return [activation(act, b.op("add", [b.op("add", [xt, b.op("matmul", [h, r_t])]), rb]))]
+
+    order = range(t_len - 1, -1, -1) if a["go_backwards"] else range(t_len)
+    y_prev = zero
+    ys = []
+    for t in order:
+        new = cell(b.op("add", [b.op("matmul", [step_of(x, t), w_t]), wb]), s)
+        if mask is None:
+            s, y_prev = new, new[0]
+        else:
+            m = b.op("reshape", [b.op("slice", [mask], axes=(1,), starts=(t,), ends=(t + 1,))], shape=(0, 1))
+            s = [b.op("where", [m, nv, ov]) for nv, ov in zip(new, s, strict=True)]
+            y_prev = b.op("where", [m, new[0], zero if a["zero_output_for_mask"] else y_prev])
+        ys.append(y_prev)
+    if a["return_sequences"]:
+        if a["go_backwards"] and a["output_order"] == "time":
+            ys = ys[::-1]
+        y = b.op("concat", [b.op("reshape", [v], shape=(0, 1, u)) for v in ys], axis=1)
+    else:
+        y = y_prev
+    return [y, *s]
+
+
+def symbolic_length_message(node: Any) -> str:
+    where = f"layer '{node.scope}'" if node.scope else f"op '{node.op}'"
+    return (
+        f"cannot train {where}: training unrolls the recurrence over a fixed sequence length, and its "
+        f"input {node.inputs[0].type} has a variable one; give the model's Input a fixed sequence "
+        "length (Input(shape=(steps, features)), or Embedding's input Input(shape=(steps,)))"
+    )
+
+
 def _refuse_gradient(ctx: Any, node: Any, douts: Any) -> Any:
     from .gradients import GradientError
 
+    if not isinstance(node.inputs[0].type.shape[1], int):
+        raise GradientError(symbolic_length_message(node), node.loc)
     raise GradientError(f"cannot differentiate op '{node.op}': {_NO_GRAD}", node.loc)
 
 
-_NO_GRAD = "training recurrent layers is not implemented yet (inference only)"
+# The op itself has no rule; training differentiates its unrolled form (`unroll`).
+_NO_GRAD = "a recurrent op is differentiated through its unrolled form: run DecomposeForTrainingPass first"
 _refuse_gradient.unsupported_reason = _NO_GRAD  # type: ignore[attr-defined]
 
 _COMMON = (

@@ -2,6 +2,8 @@
 
 `reshape` follows ONNX: in `shape`, 0 copies the input's dimension at that position and one -1
 is inferred, so a symbolic batch survives `Flatten` (`shape=(0, -1)`).
+`unflatten_like(x, like, axes=k)` splits x's first axis into like's first k axes, read at run
+time: `[N*T, ...] -> [N, T, ...]` with N and T symbolic (TimeDistributed's way back).
 `constant` holds an array; `learning_phase` is the graph's bool[] Keras learning phase.
 """
 
@@ -106,6 +108,37 @@ register(
         reference=_reshape_ref,
         onnx=lambda e, ins, a, types: e.emit("Reshape", [ins[0], e.const(np.array(a["shape"], np.int64), "shape")]),
         doc="y = x reshaped; in `shape` 0 copies the input dim, -1 is inferred",
+    )
+)
+
+
+# unflatten_like ----------------------------------------------------------------------------
+def _unflatten_like_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+    x, like = types
+    k = a["axes"]
+    if x.rank < 1 or not 1 <= k <= like.rank:
+        raise ShapeError(f"unflatten_like cannot split the first axis of {x} into the first {k} axes of {like}")
+    head = like.shape[:k]
+    if isinstance(x.shape[0], int) and all(isinstance(d, int) for d in head) and _prod(list(head)) != x.shape[0]:
+        raise ShapeError(f"unflatten_like cannot split the first axis of {x} into {_fmt(head)}, the head of {like}")
+    return [x.with_shape(head + x.shape[1:])]
+
+
+def _unflatten_like_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    head = e.emit("Shape", [ins[1]], end=a["axes"])[0]
+    tail = e.emit("Shape", [ins[0]], start=1)[0]
+    return e.emit("Reshape", [ins[0], e.emit("Concat", [head, tail], axis=0)[0]])
+
+
+register(
+    OpDef(
+        "unflatten_like",
+        inputs=("x", "like"),
+        attrs=(Attr("axes", "int"),),
+        infer=_unflatten_like_infer,
+        reference=lambda ctx, xs, a: [xs[0].reshape(xs[1].shape[: a["axes"]] + xs[0].shape[1:])],
+        onnx=_unflatten_like_onnx,
+        doc="y = x with its first axis split into the first `axes` axes of `like` (like's values are not read)",
     )
 )
 

@@ -485,14 +485,88 @@ def _max_pool_grad_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, Any])
     return [_scatter_windows(contrib, x.shape, kernel, a, out)]
 
 
-def _max_pool_grad_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
-    x, dy = ins
+def _pool_attrs(a: dict[str, Any]) -> dict[str, Any]:
     attrs: dict[str, Any] = {"kernel_shape": list(a["kernel"]), "auto_pad": a["auto_pad"]}
     if a["strides"]:
         attrs["strides"] = list(a["strides"])
     if a["pads"] and a["auto_pad"] == "NOTSET":
         attrs["pads"] = list(a["pads"])
-    _, indices = e.emit("MaxPool", [x], n_out=2, **attrs)  # flat indices into x (N, C included)
+    return attrs
+
+
+def _tiled_pool(x_t: TensorType, a: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(spatial, out) when the pooling windows tile x without overlap or padding (strides equal
+    the kernel, no padding; the rows and columns past the last window are dropped), else None."""
+    kernel = tuple(a["kernel"])
+    spatial = x_t.shape[2:]
+    if not all(isinstance(d, int) for d in spatial) or tuple(a["strides"] or ()) != kernel:
+        return None
+    sizes = tuple(int(d) for d in spatial)  # type: ignore[arg-type]
+    if any(pb or pe for pb, pe in conv_pads(sizes, kernel, a)):
+        return None
+    return sizes, tuple(n // k for n, k in zip(sizes, kernel, strict=True))
+
+
+def _max_pool_grad_tiled(
+    e: OnnxEmitter,
+    ins: list[str],
+    a: dict[str, Any],
+    types: list[TensorType],
+    spatial: tuple[int, ...],
+    out: tuple[int, ...],
+) -> list[str]:
+    # Windows tile x: x[..., o*k + kk] for one offset kk is a strided slice shaped like y. The
+    # first maximum of a window (row-major offsets) is the first offset where the slice equals y
+    # = max_pool(x) (onnxruntime merges this MaxPool with the forward one); each offset's share of
+    # dy is laid back at its place by interleaving [N, C, o1, k1, o2, k2, ...] and reshaping.
+    x, dy = ins
+    dtype = types[0].dtype
+    kernel = tuple(a["kernel"])
+    nd = len(kernel)
+    y = e.emit("MaxPool", [x], **_pool_attrs(a))[0]
+    zero = e.const(np.zeros((), dtype), "zero")
+    axes = e.const(np.arange(2, 2 + nd, dtype=np.int64), "axes")
+    steps = e.const(np.array(kernel, np.int64), "steps")
+    widen = e.const(np.arange(3, 3 + 2 * nd, 2, dtype=np.int64), "axes")  # a unit axis after each o_i
+    offsets = list(itertools.product(*(range(k) for k in kernel)))
+    taken: str | None = None
+    parts: dict[tuple[int, ...], str] = {}
+    for i, kk in enumerate(offsets):
+        ends = [k + s * (o - 1) + 1 for k, s, o in zip(kk, kernel, out, strict=True)]
+        starts_c, ends_c = e.const(np.array(kk, np.int64), "starts"), e.const(np.array(ends, np.int64), "ends")
+        cut = e.emit("Slice", [x, starts_c, ends_c, axes, steps])[0]
+        hit = e.emit("Equal", [cut, y])[0]
+        if taken is not None:
+            first = e.emit("And", [hit, e.emit("Not", [taken])[0]])[0]
+            taken = e.emit("Or", [taken, hit])[0] if i + 1 < len(offsets) else taken
+            hit = first
+        else:
+            taken = hit
+        share = e.emit("Where", [hit, dy, zero])[0]
+        parts[kk] = e.emit("Unsqueeze", [share, widen])[0]  # [N, C, o1, 1, o2, 1, ...]
+
+    def assemble(prefix: tuple[int, ...]) -> str:
+        d = len(prefix)
+        if d == nd:
+            return parts[prefix]
+        pieces = [assemble((*prefix, j)) for j in range(kernel[d])]
+        return e.emit("Concat", pieces, axis=3 + 2 * d)[0] if len(pieces) > 1 else pieces[0]
+
+    tiles = assemble(())
+    covered = [o * k for o, k in zip(out, kernel, strict=True)]
+    dx = e.emit("Reshape", [tiles, e.const(np.array([0, 0, *covered], np.int64), "shape")])[0]
+    if tuple(covered) != spatial:  # rows/columns no window reads get a zero gradient
+        pads = [0, 0] + [0] * nd + [0, 0] + [n - c for n, c in zip(spatial, covered, strict=True)]
+        dx = e.emit("Pad", [dx, e.const(np.array(pads, np.int64), "pads")])[0]
+    return [dx]
+
+
+def _max_pool_grad_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
+    tiled = _tiled_pool(types[0], a)
+    if tiled is not None:
+        return _max_pool_grad_tiled(e, ins, a, types, *tiled)
+    x, dy = ins
+    _, indices = e.emit("MaxPool", [x], n_out=2, **_pool_attrs(a))  # flat indices into x (N, C included)
     flat = e.const(np.array([-1], np.int64), "flat")
     n = e.emit("Unsqueeze", [e.emit("Size", [x])[0], e.const(np.array([0], np.int64), "axes")])[0]
     zeros = e.emit("ConstantOfShape", [n], value=_tensor(np.zeros(1, types[0].dtype)))[0]

@@ -397,3 +397,164 @@ class ModelCheckpoint(Callback):
                 print(f"Epoch {epoch + 1}: {self.monitor} improved to {current:.5f}, saving model to {path}")
             self.best = current
         self.model.save_weights(path)
+
+
+# TensorBoard ---------------------------------------------------------------------------------
+# An event file is a TFRecord stream: per record, the length (uint64 LE), the masked CRC-32C of
+# those 8 bytes (uint32 LE), the data, the masked CRC-32C of the data. Each record is one
+# `tensorflow.Event` protobuf (tensorflow/core/util/event.proto):
+#     Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
+#     Summary { repeated Value value = 1; }    (tensorflow/core/framework/summary.proto)
+#     Value   { string tag = 1; float simple_value = 2; }
+# The first record of a file carries file_version "brain.Event:2"; every later one a scalar.
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)  # Castagnoli, reflected
+        table.append(c)
+    return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def tfrecord(data: bytes) -> bytes:
+    import struct
+
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # int64 fields: negative values as their two's complement
+    out = bytearray()
+    while True:
+        low = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _field(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _field(number, 2) + _varint(len(payload)) + payload
+
+
+def event_bytes(wall_time: float, step: int = 0, file_version: str | None = None, scalars: Any = ()) -> bytes:
+    """One serialized Event: the file version, or a Summary of (tag, value) scalars."""
+    import struct
+
+    out = _field(1, 1) + struct.pack("<d", wall_time)
+    if step:
+        out += _field(2, 0) + _varint(step)
+    if file_version is not None:
+        out += _length_delimited(3, file_version.encode())
+    values = b"".join(
+        _length_delimited(1, _length_delimited(1, tag.encode()) + _field(2, 5) + struct.pack("<f", value))
+        for tag, value in scalars
+    )
+    if values:
+        out += _length_delimited(5, values)
+    return out
+
+
+class EventFileWriter:
+    """Appends scalar events to `<logdir>/events.out.tfevents.<time>.<host>.<pid>.<n>.v2`."""
+
+    _count = 0
+
+    def __init__(self, logdir: str) -> None:
+        import socket
+
+        os.makedirs(logdir, exist_ok=True)
+        EventFileWriter._count += 1
+        now = time.time()
+        name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.{EventFileWriter._count}.v2"
+        self.path = os.path.join(logdir, name)
+        self._file = open(self.path, "wb")  # closed by close()
+        self._file.write(tfrecord(event_bytes(now, file_version="brain.Event:2")))
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self._file.write(tfrecord(event_bytes(time.time(), step, scalars=[(tag, float(value))])))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class TensorBoard(Callback):
+    """Scalar logs for TensorBoard, written without TensorFlow, as Keras' TensorBoard callback
+    writes them: per epoch `epoch_<name>` (loss, metrics, learning_rate) at step = epoch index,
+    training values under `<log_dir>/train`, `val_*` values (prefix dropped) under
+    `<log_dir>/validation`; with `update_freq="batch"` or N, also `batch_<name>` every N batches
+    at step = the global batch count (from 1)."""
+
+    def __init__(self, log_dir: str = "logs", update_freq: str | int = "epoch") -> None:
+        super().__init__()
+        if update_freq == "batch":
+            update_freq = 1
+        if update_freq != "epoch" and not (isinstance(update_freq, int) and update_freq > 0):
+            raise ModelError(f"update_freq must be 'epoch', 'batch' or a positive integer, got {update_freq!r}")
+        self.log_dir = os.fspath(log_dir)
+        self.update_freq = update_freq
+        self._writers: dict[str, EventFileWriter] = {}
+        self._global_batch = 0
+
+    def _writer(self, run: str) -> EventFileWriter:
+        if run not in self._writers:
+            self._writers[run] = EventFileWriter(os.path.join(self.log_dir, run))
+        return self._writers[run]
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self._global_batch = 0
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        self._global_batch += 1
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        if self.update_freq == "epoch" or self._global_batch % int(self.update_freq):
+            return
+        writer = self._writer("train")
+        for name, value in (logs or {}).items():
+            writer.scalar(f"batch_{name}", value, self._global_batch)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        opt = getattr(self.model, "optimizer", None)
+        if opt is not None and hasattr(opt, "current_learning_rate"):
+            train["learning_rate"] = float(opt.current_learning_rate())
+        for run, values in (("train", train), ("validation", val)):
+            if values:
+                writer = self._writer(run)
+                for name, value in values.items():
+                    writer.scalar(f"epoch_{name}", value, epoch)
+                writer.flush()
+
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}

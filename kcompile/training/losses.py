@@ -6,6 +6,11 @@ divided by their count, "sum" the plain sum, "none" no reduction. Numerics follo
 `keras/src/backend/torch/nn.py`: probabilities are renormalised (categorical) and clipped to
 [1e-7, 1 - 1e-7] before the log; `from_logits=True` uses log_softmax / the stable logistic form.
 
+With sample weights the per-sample values are multiplied by them before the reduction, so
+"sum_over_batch_size" is sum(w * l) / batch size, not / sum(w) (Keras' `reduce_weighted_values`).
+`SampleWeighted` wraps a loss for a step graph whose target input carries the weights
+(`pack_weighted_target`: the target flattened to [N, k] float32, the weight as column k).
+
 Strings resolve as Keras' `losses.get`; "crossentropy"-style strings pick binary / sparse /
 categorical from the shapes, as `compile_utils` does for a bare "accuracy".
 """
@@ -19,6 +24,7 @@ import numpy as np
 from ..errors import ModelError
 from ..ir.builder import Builder
 from ..ir.graph import Value
+from ..ir.types import TensorType
 
 EPSILON = 1e-7  # keras.backend.epsilon()
 
@@ -66,8 +72,15 @@ class Loss:
         values = self.call(b, y_true, y_pred)
         if sample_weight is not None:
             sw = as_float(b, sample_weight, values.type.dtype)
+            # Keras' squeeze_or_expand_to_same_rank: drop a trailing 1 or add trailing 1s.
             if sw.type.rank > values.type.rank:
                 sw = b.op("reshape", [sw], shape=tuple(0 for _ in range(values.type.rank)))
+            elif sw.type.rank < values.type.rank:
+                sw = b.op(
+                    "reshape",
+                    [sw],
+                    shape=(*(0 for _ in range(sw.type.rank)), *(1,) * (values.type.rank - sw.type.rank)),
+                )
             values = b.op("mul", [values, sw])
         if self.reduction in ("none", None) or values.type.rank == 0:
             return values
@@ -194,6 +207,41 @@ class BinaryCrossentropy(Loss):
             neg = b.op("mul", [b.op("sub", [one, y_true]), b.op("log", [b.op("sub", [one, p])])])
             per = b.op("neg", [b.op("add", [pos, neg])])
         return mean_last(b, per)
+
+
+def pack_weighted_target(y: np.ndarray, sample_weight: np.ndarray) -> np.ndarray:
+    """[N, ...] targets and [N] weights -> float32 [N, k + 1]: the target's values, then the weight.
+    Class indices stay exact (float32 holds every integer below 2**24)."""
+    n = y.shape[0]
+    return np.concatenate([y.reshape(n, -1).astype(np.float32), sample_weight.reshape(n, 1).astype(np.float32)], 1)
+
+
+def packed_type(y: TensorType) -> TensorType:
+    k = int(np.prod([int(d) for d in y.shape[1:]], dtype=np.int64))
+    return TensorType("float32", (y.shape[0], k + 1))
+
+
+def unpack_weighted_target(b: Builder, packed: Value, y: TensorType) -> tuple[Value, Value]:
+    """The inverse of `pack_weighted_target` in the graph: (target of type y, weights [N])."""
+    k = int(packed.type.shape[1]) - 1
+    cols = b.op("slice", [packed], axes=(1,), starts=(0,), ends=(k,))
+    target = b.op("reshape", [cols], shape=(0, *(int(d) for d in y.shape[1:])))
+    if y.dtype != "float32":
+        target = b.op("cast", [target], to=y.dtype)
+    w = b.op("slice", [packed], axes=(1,), starts=(k,), ends=(k + 1,))
+    return target, b.op("reshape", [w], shape=(0,))
+
+
+class SampleWeighted(Loss):
+    """`loss` reading its target and sample weights from one packed target input (see above)."""
+
+    def __init__(self, loss: Loss, target: TensorType) -> None:
+        super().__init__(reduction=loss.reduction, name=loss.name)
+        self.loss, self.target = loss, target
+
+    def __call__(self, b: Builder, y_true: Value, y_pred: Value, sample_weight: Value | None = None) -> Value:
+        target, w = unpack_weighted_target(b, y_true, self.target)
+        return self.loss(b, target, y_pred, w)
 
 
 _ALIASES: dict[str, type[Loss]] = {

@@ -7,6 +7,12 @@ targets' signature or the trainable set changes. Between calls the weights live 
 `fit` copies them back to the model after every epoch, `train_on_batch` after every call, so
 `get_weights()`, `predict()` and callbacks see the trained values; weights assigned by the user
 (`set_weights`) are sent back to the engine before the next step.
+
+Sample weights (`sample_weight=`, or `class_weight=` turned into them as Keras'
+`class_weight_to_sample_weights` does) scale each sample's loss before the mean over the batch
+(Keras' "sum_over_batch_size": sum(w * l) / batch size); metrics stay unweighted, as Keras'
+`metrics=`. An engine built for weights takes each target packed with its weights
+(`losses.pack_weighted_target`) and serves unweighted calls with weights 1.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class TrainingMixin:
         self._train_spec = {"loss": loss, "loss_weights": loss_weights, "metrics": metrics}
         self._runner: Any = None
         self._runner_key: Any = None
+        self._weighted_engine = False
         self.stop_training = False
         self.history: History | None = None
         self.compiled_metrics_names: list[str] = []
@@ -105,6 +112,53 @@ class TrainingMixin:
             out.append(np.ascontiguousarray(arr))
         return out
 
+    def _sample_weights(self, sample_weight: Any, class_weight: Any, ys: list[np.ndarray]) -> list[np.ndarray] | None:
+        """One float32 [N] weight array per output, or None when no weighting was asked for."""
+        if sample_weight is not None and class_weight is not None:
+            raise ModelError("give sample_weight or class_weight, not both (Keras refuses both at once)")
+        n = ys[0].shape[0]
+        if class_weight is not None:
+            if len(ys) != 1:
+                raise ModelError("class_weight is only supported for models with a single output")
+            if not isinstance(class_weight, dict):
+                raise ModelError(
+                    f"class_weight must be a dict {{class index: weight}}, got {type(class_weight).__name__}"
+                )
+            y = ys[0]
+            if y.ndim > 1:
+                y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else np.squeeze(y, axis=-1)
+            classes = np.round(y).astype(np.int64).reshape(n, -1)[:, 0]
+            table = {int(k): float(v) for k, v in class_weight.items()}
+            return [np.array([table.get(int(c), 1.0) for c in classes], np.float32)]
+        if sample_weight is None:
+            return None
+        names = [t.name for t in self.outputs]
+        if isinstance(sample_weight, dict):
+            items = [sample_weight.get(name) for name in names]
+        elif isinstance(sample_weight, list | tuple) and len(names) > 1:
+            if len(sample_weight) != len(names):
+                raise ModelError(f"sample_weight has {len(sample_weight)} entries for {len(names)} outputs")
+            items = list(sample_weight)
+        else:
+            items = [sample_weight] * len(names)
+        out = []
+        for name, w in zip(names, items, strict=True):
+            arr = np.ones(n, np.float32) if w is None else np.asarray(w, np.float32)
+            if arr.ndim == 2 and arr.shape[1] == 1:
+                arr = arr[:, 0]
+            if arr.shape != (n,):
+                raise ModelError(f"sample_weight for output '{name}' must have shape ({n},), got {arr.shape}")
+            out.append(np.ascontiguousarray(arr))
+        return out
+
+    def _engine_targets(self, ys: list[np.ndarray], sws: list[np.ndarray] | None) -> list[np.ndarray]:
+        """The target arrays the current engine takes (packed with weights when it is weighted)."""
+        if not self._weighted_engine:
+            return ys
+        if sws is None:
+            sws = [np.ones(y.shape[0], np.float32) for y in ys]
+        return [losses_mod.pack_weighted_target(y, w) for y, w in zip(ys, sws, strict=True)]
+
     # The engine ------------------------------------------------------------------------------
     def _per_output(self, spec: Any, what: str) -> list[Any]:
         names = [t.name for t in self.outputs]
@@ -126,7 +180,7 @@ class TrainingMixin:
             return list(spec)
         return [spec] * len(names)
 
-    def _engine(self, y: list[np.ndarray]) -> Any:
+    def _engine(self, y: list[np.ndarray], weighted: bool = False) -> Any:
         from ..ir.types import TensorType
         from .step import StepRunner, build_eval_graph, build_train_graph, target_types
 
@@ -134,11 +188,12 @@ class TrainingMixin:
         y_types = target_types(y)
         trainable = tuple(id(w) for w in self.weights if w.trainable)
         key = (tuple(y_types), trainable)
-        if self._runner is not None and self._runner_key == key:
+        if self._runner is not None and self._runner_key == key and (self._weighted_engine or not weighted):
             self._runner.reload_changed_params()
             return self._runner
         if self._runner is not None:
             self._runner.sync_to_model()
+        _refuse_recurrent_dropout(self.layers)
         spec = self._train_spec
         loss_list = [losses_mod.get(lo) if lo is not None else None for lo in self._per_output(spec["loss"], "loss")]
         weights = spec["loss_weights"]
@@ -167,10 +222,21 @@ class TrainingMixin:
             objs = [metrics_mod.get(m, yv, pv, sparse_loss=sparse) for m in items]
             metric_lists.append(objs)
             names.extend(f"{self.outputs[i].name}_{m.name}" if multi else m.name for m in objs)
-        train = build_train_graph(self, self.optimizer, loss_list, weight_list, metric_lists, y_types)
-        evaluate = build_eval_graph(self, loss_list, weight_list, metric_lists, y_types)
+        step_losses: list[Any] = loss_list
+        step_metrics = metric_lists
+        step_types = y_types
+        if weighted:
+            step_losses = [
+                None if lo is None else losses_mod.SampleWeighted(lo, t)
+                for lo, t in zip(loss_list, y_types, strict=True)
+            ]
+            step_metrics = [[_Unpacked(m, t) for m in ms] for ms, t in zip(metric_lists, y_types, strict=True)]
+            step_types = [losses_mod.packed_type(t) for t in y_types]
+        train = build_train_graph(self, self.optimizer, step_losses, weight_list, step_metrics, step_types)
+        evaluate = build_eval_graph(self, step_losses, weight_list, step_metrics, step_types)
         self._runner = StepRunner(train, evaluate, self.optimizer)
         self._runner_key = key
+        self._weighted_engine = weighted
         self._metric_objs = [m for ms in metric_lists for m in ms]
         self.compiled_metrics_names = names
         return self._runner
@@ -209,29 +275,37 @@ class TrainingMixin:
         validation_batch_size: int | None = None,
         validation_freq: int = 1,
         seed: int | None = None,
+        sample_weight: Any = None,
+        class_weight: Any = None,
     ) -> History:
         self._check_compiled()
         xs, ys = self._as_inputs(x), self._as_targets(y)
         n = _num_samples(xs + ys)
+        sws = self._sample_weights(sample_weight, class_weight, ys)
         if not 0.0 <= validation_split < 1.0:
             raise ModelError(f"validation_split must be in [0, 1), got {validation_split}")
         val = None
         if validation_data is not None:
             if not isinstance(validation_data, list | tuple) or len(validation_data) not in (2, 3):
                 raise ModelError("validation_data must be a tuple (x_val, y_val)")
-            val = (self._as_inputs(validation_data[0]), self._as_targets(validation_data[1]))
+            val_ys = self._as_targets(validation_data[1])
+            val_sw = validation_data[2] if len(validation_data) == 3 else None
+            val = (self._as_inputs(validation_data[0]), val_ys, self._sample_weights(val_sw, None, val_ys))
         elif validation_split:
             # As Keras: the last fraction of the samples, taken before any shuffling.
             split = int(np.floor(n * (1.0 - validation_split)))
             if split in (0, n):
                 raise ModelError(f"validation_split={validation_split} leaves no data for training or validation")
-            val = ([a[split:] for a in xs], [a[split:] for a in ys])
+            val = ([a[split:] for a in xs], [a[split:] for a in ys], None if sws is None else [w[split:] for w in sws])
             xs, ys = [a[:split] for a in xs], [a[:split] for a in ys]
+            sws = None if sws is None else [w[:split] for w in sws]
             n = split
         batch_size = batch_size or 32
         if batch_size <= 0:
             raise ModelError(f"batch_size must be positive, got {batch_size}")
-        runner = self._engine(ys)
+        # Weighted validation data makes the engine weighted from the start (one engine per fit).
+        runner = self._engine(ys, weighted=sws is not None or (val is not None and val[2] is not None))
+        ys = self._engine_targets(ys, sws)
         steps = -(-n // batch_size)
         verbose = 1 if verbose == "auto" else int(verbose)
         self.history = History()
@@ -270,7 +344,7 @@ class TrainingMixin:
                     break
             self._after_steps()
             if val is not None and (epoch + 1 - initial_epoch) % validation_freq == 0:
-                val_logs = self._evaluate_arrays(val[0], val[1], validation_batch_size or batch_size)
+                val_logs = self._evaluate_arrays(val[0], val[1], validation_batch_size or batch_size, val[2])
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
             cb.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -280,9 +354,12 @@ class TrainingMixin:
         return self.history
 
     # evaluate / batches ----------------------------------------------------------------------------
-    def _evaluate_arrays(self, xs: list[np.ndarray], ys: list[np.ndarray], batch_size: int) -> dict[str, float]:
-        runner = self._engine(ys)
+    def _evaluate_arrays(
+        self, xs: list[np.ndarray], ys: list[np.ndarray], batch_size: int, sws: list[np.ndarray] | None = None
+    ) -> dict[str, float]:
+        runner = self._engine(ys, weighted=sws is not None)
         n = _num_samples(xs + ys)
+        ys = self._engine_targets(ys, sws)
         accs = self._fresh_metrics()
         loss_total = loss_count = 0.0
         for lo in range(0, n, batch_size):
@@ -301,28 +378,35 @@ class TrainingMixin:
         batch_size: int | None = None,
         verbose: Any = "auto",
         return_dict: bool = False,
+        sample_weight: Any = None,
     ) -> Any:
         self._check_compiled()
-        logs = self._evaluate_arrays(self._as_inputs(x), self._as_targets(y), batch_size or 32)
+        ys = self._as_targets(y)
+        sws = self._sample_weights(sample_weight, None, ys)
+        logs = self._evaluate_arrays(self._as_inputs(x), ys, batch_size or 32, sws)
         if verbose not in (0, "auto", False):
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         return _returned(logs, return_dict)
 
-    def train_on_batch(self, x: Any, y: Any = None, return_dict: bool = False) -> Any:
+    def train_on_batch(
+        self, x: Any, y: Any = None, sample_weight: Any = None, class_weight: Any = None, return_dict: bool = False
+    ) -> Any:
         self._check_compiled()
         xs, ys = self._as_inputs(x), self._as_targets(y)
-        runner = self._engine(ys)
-        values = runner.train_step(xs + ys)
+        sws = self._sample_weights(sample_weight, class_weight, ys)
+        runner = self._engine(ys, weighted=sws is not None)
+        values = runner.train_step(xs + self._engine_targets(ys, sws))
         self._after_steps()
         accs = self._fresh_metrics()
         for j, m in enumerate(accs):
             m.update(values[1 + 2 * j], values[2 + 2 * j])
         return _returned(self._results(values[0], 1.0, accs), return_dict)
 
-    def test_on_batch(self, x: Any, y: Any = None, return_dict: bool = False) -> Any:
+    def test_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None, return_dict: bool = False) -> Any:
         self._check_compiled()
         xs, ys = self._as_inputs(x), self._as_targets(y)
-        return _returned(self._evaluate_arrays(xs, ys, max(_num_samples(xs + ys), 1)), return_dict)
+        sws = self._sample_weights(sample_weight, None, ys)
+        return _returned(self._evaluate_arrays(xs, ys, max(_num_samples(xs + ys), 1), sws), return_dict)
 
     # Saving ----------------------------------------------------------------------------------------
     def export(self, filepath: str, opset: int | None = None) -> None:
@@ -407,6 +491,33 @@ class TrainingMixin:
     @property
     def metrics_names(self) -> list[str]:
         return ["loss", *getattr(self, "compiled_metrics_names", [])]
+
+
+def _refuse_recurrent_dropout(layers: Any) -> None:
+    """Keras drops recurrent inputs/states in training; the recurrent ops here have no dropout,
+    so training such a layer would silently differ from Keras."""
+    for layer in layers:
+        inner = [getattr(layer, "layer", None), *getattr(layer, "layers", [])]
+        _refuse_recurrent_dropout([i for i in inner if i is not None and i is not layer])
+        rates = {k: getattr(layer, k, 0.0) for k in ("dropout", "recurrent_dropout")}
+        if hasattr(layer, "recurrent_dropout") and any(rates.values()):
+            detail = ", ".join(f"{k}={v}" for k, v in rates.items() if v)
+            raise ModelError(
+                f"cannot train {type(layer).__name__} '{layer.name}' with {detail}: recurrent dropout is not "
+                "implemented for training; set dropout=0 and recurrent_dropout=0 (or add a Dropout layer)"
+            )
+
+
+class _Unpacked(Metric):
+    """A metric of a weighted engine: reads the target out of the packed target input, unweighted."""
+
+    def __init__(self, metric: Metric, target: Any) -> None:
+        super().__init__(metric.name)
+        self.metric, self.target = metric, target
+
+    def batch_values(self, b: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        target, _ = losses_mod.unpack_weighted_target(b, y_true, self.target)
+        return self.metric.batch_values(b, target, y_pred)
 
 
 def _returned(logs: dict[str, float], return_dict: bool) -> Any:

@@ -8,6 +8,12 @@ Graph (built by `build_train_graph`):
              then the new value of every state tensor that the step changes (trainable weights,
              slots, BatchNormalization moving statistics), in `plan.updated` order.
 
+Before differentiation the forward graph is optimized with the weights kept as values
+(`optimize_forward`): transposes cancelled, so a conv net runs channels-first from its input to
+its Flatten, forward and (by autodiff) backward; biases ride in the Conv; ReLU runs after max
+pooling. After the update is appended, chains are simplified and duplicates merged
+(`optimize_step`). `build_train_graph(..., optimize=False)` builds the plain graph.
+
 The weights are graph inputs, not initializers, so no step re-serialises anything. `StepRunner`
 keeps two onnxruntime buffers per updated state and two IO bindings that read one set and write
 the other; each step flips the binding, so the outputs of step k are the inputs of step k+1
@@ -104,6 +110,25 @@ def add_loss_and_metrics(
     return [t.name for t in targets], total, scalars
 
 
+def optimize_forward(graph: Graph) -> Graph:
+    """The forward graph, before differentiation: transposes cancelled (so the forward and, by
+    autodiff, the backward run channels-first between the input and the flatten), biases in the
+    Conv, ReLU after max pooling. Weights stay values (they change every step)."""
+    from kcompile.passes import PassManager, SimplifyPass
+    from kcompile.passes.fusion import TrainingFusionPass
+    from kcompile.passes.layout import TrainingLayoutPass
+
+    passes = [SimplifyPass(constant_params=False), TrainingLayoutPass(), TrainingFusionPass()]
+    return PassManager(passes).run(graph)  # type: ignore[no-any-return]
+
+
+def optimize_step(graph: Graph) -> Graph:
+    """The whole step graph: chains (transposes of transposes) simplified, duplicates merged."""
+    from kcompile.passes import CSEPass, PassManager, SimplifyPass
+
+    return PassManager([SimplifyPass(constant_params=False), CSEPass()]).run(graph)  # type: ignore[no-any-return]
+
+
 def build_train_graph(
     model: Any,
     optimizer: Optimizer,
@@ -111,6 +136,7 @@ def build_train_graph(
     loss_weights: list[float],
     metrics: list[list[Metric]],
     y_types: list[TensorType],
+    optimize: bool = True,
 ) -> StepPlan:
     from kcompile.passes import FoldLearningPhasePass
     from kcompile.passes.autodiff import DecomposeForTrainingPass, gradients
@@ -121,6 +147,10 @@ def build_train_graph(
     graph = FoldLearningPhasePass(training=True).run(graph).graph
     decompose = DecomposeForTrainingPass()
     graph = decompose.run(graph).graph
+    if optimize:
+        graph = optimize_forward(graph)
+        # The passes replace output values in graph.outputs: [*predictions, *moving-statistic updates].
+        decompose.updates = [(p, v) for (p, _), v in zip(decompose.updates, graph.outputs[n_out:], strict=True)]
     preds = graph.outputs[:n_out]
     b = Builder(graph)
     present = {id(p) for p in graph.params}
@@ -147,17 +177,22 @@ def build_train_graph(
     for row_in, row_out in zip(slot_inputs, new_s, strict=True):
         updates.extend(zip(row_in, row_out, strict=True))
     updates.extend(decompose.updates)
-    _rename(graph, loss, "loss")
-    for i, v in enumerate(metric_values):
-        _rename(graph, v, f"metric{i // 2}_{'total' if i % 2 == 0 else 'count'}")
-    outputs = [loss, *metric_values]
+    scalars = [loss, *metric_values]
+    if optimize:
+        graph.outputs = [*scalars, *(new for _, new in updates)]
+        graph = optimize_step(graph)
+        scalars = graph.outputs[: len(scalars)]
+        updates = [(state, new) for (state, _), new in zip(updates, graph.outputs[len(scalars) :], strict=True)]
+    names = ["loss"] + [f"metric{i // 2}_{'total' if i % 2 == 0 else 'count'}" for i in range(len(scalars) - 1)]
+    names += [f"{state.name}:new" for state, _ in updates]
+    outputs: list[Value] = []
     seen: set[int] = set()
-    for state, new in updates:
-        if id(new) in seen or new.producer is None:  # an output must be a fresh node value
-            new = b.op("identity", [new])
-        seen.add(id(new))
-        _rename(graph, new, f"{state.name}:new")
-        outputs.append(new)
+    for name, value in zip(names, [*scalars, *(new for _, new in updates)], strict=True):
+        if id(value) in seen or value.producer is None:  # an output must be a fresh node value
+            value = b.op("identity", [value])
+        seen.add(id(value))
+        _rename(graph, value, name)
+        outputs.append(value)
     graph.outputs = outputs
     graph.remove_dead()
     params = params_to_inputs(graph)
@@ -168,9 +203,7 @@ def build_train_graph(
         [v for v in graph.inputs if v.name in data] + [lr, t] + [v for v in graph.inputs if v.name in set(state_names)]
     )
     graph.verify()
-    return StepPlan(
-        graph, data, state_names, updated, [v.name for v in outputs[: 1 + len(metric_values)]], params, slot_names
-    )
+    return StepPlan(graph, data, state_names, updated, names[: len(scalars)], params, slot_names)
 
 
 def build_eval_graph(
@@ -215,12 +248,17 @@ class StepRunner:
         if threads:
             opts.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
+        # onnxruntime's NCHWc layout transformer needs constant filters: with the weights fed per
+        # step it converts only the pooling ops, and every step pays the reorders around them.
+        kwargs = {"disabled_optimizers": ["NchwcTransformer"]}
         try:
             self.session = ort.InferenceSession(
-                lower_to_onnx(train.graph).SerializeToString(), opts, providers=providers
+                lower_to_onnx(train.graph).SerializeToString(), opts, providers=providers, **kwargs
             )
             self.eval_session = (
-                ort.InferenceSession(lower_to_onnx(evaluate.graph).SerializeToString(), opts, providers=providers)
+                ort.InferenceSession(
+                    lower_to_onnx(evaluate.graph).SerializeToString(), opts, providers=providers, **kwargs
+                )
                 if evaluate is not None
                 else None
             )
