@@ -559,8 +559,10 @@ class KerasOp(Layer):
     def apply(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if self.op == "NotEqual":
             x, other = args
-            if isinstance(x, KTensor) and not isinstance(other, KTensor) and np.all(np.asarray(other) == 0):
-                return _MaskOf(x, "nonzero")
+            if isinstance(x, KTensor) and not isinstance(other, KTensor):
+                # != 0 is the mask kcompile reads from the tensor itself; other values (Masking's
+                # mask_value) only as the implicit mask of the layer that computes it.
+                return _MaskOf(x, "nonzero" if np.all(np.asarray(other) == 0) else "not_equal")
             raise KCompileError(f"operation '{self.name}' (not_equal) is supported only as a mask computation")
         if self.op in ("LogicalOr", "LogicalAnd") and all(isinstance(a, _MaskOf) for a in args):
             first, second = args
@@ -570,8 +572,8 @@ class KerasOp(Layer):
         if self.op == "Any":
             (m,) = args
             axis = self.config.get("axis", kwargs.get("axis"))
-            if isinstance(m, _MaskOf) and m.how == "nonzero" and axis in (-1, m.tensor.type.rank - 1):
-                return _MaskOf(m.tensor, "any_nonzero")
+            if isinstance(m, _MaskOf) and m.how in ("nonzero", "not_equal") and axis in (-1, m.tensor.type.rank - 1):
+                return _MaskOf(m.tensor, "any_not_equal")
             raise KCompileError(f"operation '{self.name}' (any) is supported only as Masking's mask computation")
         if self.op not in _BINARY and self.op not in _UNARY and self.op not in _REDUCE and self.op not in _OTHER:
             raise KCompileError(
