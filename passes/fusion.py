@@ -1,11 +1,14 @@
 """FusionPass: fold inference-time affine arithmetic into the weights of the op before it.
 
     batch_norm(x, g, b, mean, var)       -> x * s + t        s = g / sqrt(var + eps), t = b - mean * s
+    sub(x, c), div(x, c)                 -> add(x, -c), mul(x, 1 / c)    c a constant (no zero divisor)
     mul(conv(x, w[, c]), s)              -> conv(x, w * s, c * s)        s per output channel
     add(conv(x, w[, c]), t)              -> conv(x, w, c + t)            t per output channel
     mul(matmul(x, W), s)                 -> matmul(x, W * s)             s per output column
     matmul(mul(x, s), W)                 -> matmul(x, s[:, None] * W)    s per input feature
     matmul(add(x, t), W)                 -> add(matmul(x, W), t @ W)     t per input feature
+    gemm(mul(x, s), W, c)                -> gemm(x, s[:, None] * W, c)   s per input feature
+    gemm(add(x, t), W, c)                -> gemm(x, W, c + t @ W)        t per input feature
     add(matmul(x, W), c)                 -> gemm(x, W, c)                x of rank 2
     add(gemm(x, W, c), t)                -> gemm(x, W, c + t)
     mul(gemm(x, W, c), s)                -> gemm(x, W * s, c * s)
@@ -154,6 +157,28 @@ def _input_shift(m: Match, b: Builder) -> Value:
     return b.op("add", [y, new_const(b, (t @ w).astype(w.dtype), m["c"])])
 
 
+def _gemm_input_check(m: Match) -> str | None:
+    if m.const("bias") is None:
+        return "the gemm bias is not a constant"
+    return _input_affine_check(m)
+
+
+def _gemm_input_scale(m: Match, b: Builder) -> Value:
+    w = m.const("w")
+    assert w is not None
+    s = per_channel(m.const("c"), 2, 1, w.shape[0])  # type: ignore[arg-type]
+    assert s is not None
+    return b.op("gemm", [m["x"], new_const(b, (s[:, None] * w).astype(w.dtype), m["w"]), m["bias"]])
+
+
+def _gemm_input_shift(m: Match, b: Builder) -> Value:
+    w, bias = m.const("w"), m.const("bias")
+    assert w is not None and bias is not None
+    t = per_channel(m.const("c"), 2, 1, w.shape[0])  # type: ignore[arg-type]
+    assert t is not None
+    return b.op("gemm", [m["x"], m["w"], new_const(b, (bias + t @ w).astype(bias.dtype), m["bias"])])
+
+
 def _conv_pad_check(m: Match) -> str | None:
     x = m.root.inputs[0]
     pad = x.producer
@@ -238,6 +263,29 @@ def _shift_conv_transpose(m: Match, b: Builder) -> Value:
     return b.op("conv_transpose", [node.inputs[0], node.inputs[1], bias], **node.attrs)
 
 
+def _constant_operand_check(m: Match) -> str | None:
+    c = m.const("c")
+    if c is None:
+        return "the other operand is not a constant"
+    if c.dtype.kind != "f":
+        return "the constant is not floating point"
+    if m.root.op == "div" and not np.all(c != 0):
+        return "the divisor has a zero"
+    return None
+
+
+def _sub_to_add(m: Match, b: Builder) -> Value:
+    c = m.const("c")
+    assert c is not None
+    return b.op("add", [m["x"], new_const(b, np.negative(c), m["c"])])
+
+
+def _div_to_mul(m: Match, b: Builder) -> Value:
+    c = m.const("c")
+    assert c is not None
+    return b.op("mul", [m["x"], new_const(b, (np.ones((), c.dtype) / c).astype(c.dtype), m["c"])])
+
+
 def _matmul_bias_check(m: Match) -> str | None:
     if m.node("op").inputs[0].type.rank != 2:
         return "the matmul input is not rank 2 (ONNX Gemm is 2-D)"
@@ -249,6 +297,10 @@ FUSION = RuleSet(
     [
         Rule("fold-pad-into-conv", P("conv", any_inputs=True), _fold_pad_into_conv, check=_conv_pad_check),
         Rule("batch-norm-to-affine", P("batch_norm", any_inputs=True), _bn_to_affine, check=_bn_check),
+        # Affine maps written with sub/div (Keras' Normalization) take the mul/add form the
+        # folding rules below match.
+        Rule("sub-constant-to-add", P("sub", V("x"), V("c")), _sub_to_add, check=_constant_operand_check),
+        Rule("div-constant-to-mul", P("div", V("x"), V("c")), _div_to_mul, check=_constant_operand_check),
         Rule(
             "fold-scale-into-conv",
             P("mul", P("conv", any_inputs=True, name="op"), V("c")),
@@ -278,6 +330,18 @@ FUSION = RuleSet(
             P("matmul", P("add", V("x"), V("c")), V("w")),
             _input_shift,
             check=_input_affine_check,
+        ),
+        Rule(
+            "fold-input-scale-into-gemm",
+            P("gemm", P("mul", V("x"), V("c")), V("w"), V("bias")),
+            _gemm_input_scale,
+            check=_gemm_input_check,
+        ),
+        Rule(
+            "fold-input-shift-into-gemm",
+            P("gemm", P("add", V("x"), V("c")), V("w"), V("bias")),
+            _gemm_input_shift,
+            check=_gemm_input_check,
         ),
         Rule(
             "matmul-add-to-gemm",

@@ -92,6 +92,15 @@ def decoder() -> kc.Model:
     return kc.Model(x, layers.Activation("sigmoid")(h))
 
 
+def normalized_mlp() -> kc.Model:
+    """Normalization (a fixed mean/variance) before a Dense: the standardisation folds into its Gemm."""
+    x = kc.Input(shape=(5,), name="x")
+    rng = np.random.default_rng(7)
+    norm = layers.Normalization(mean=rng.normal(size=5).tolist(), variance=rng.uniform(0.5, 2.0, 5).tolist())
+    h = layers.Dense(6, activation="relu")(layers.Dense(8, bias_initializer="ones")(norm(x)))
+    return kc.Model(x, h)
+
+
 MODELS: dict[str, Builder] = {
     "conv_bn_relu": conv_bn_relu,
     "residual": residual,
@@ -100,6 +109,7 @@ MODELS: dict[str, Builder] = {
     "softmax_axis": softmax_axis,
     "replicated": replicated,
     "decoder": decoder,
+    "normalized_mlp": normalized_mlp,
 }
 
 
@@ -305,7 +315,18 @@ def ir_only_cases() -> list[kc.ir.Graph]:  # type: ignore[name-defined]
     y = b.op("cast", [b.op("identity", [x])], to="float32")
     y = b.op("transpose", [b.op("reshape", [y], shape=(0, 3))], perm=(0, 1))
     b.graph.outputs = [b.op("relu", [y])]
-    return [b.graph]
+    # A Gemm whose input is scaled per feature (what a Normalization before a Dense becomes when
+    # the Gemm formed first).
+    from kcompile.ir.graph import Param
+
+    g = Builder()
+    x = g.input("x", TensorType("float32", ("batch", 3)))
+    rng = np.random.default_rng(5)
+    scaled = g.op("mul", [x, g.constant(rng.uniform(0.5, 2.0, 3).astype("float32"))])
+    w = Param("w", rng.normal(size=(3, 2)).astype("float32"))
+    c = Param("c", rng.normal(size=2).astype("float32"))
+    g.graph.outputs = [g.op("gemm", [scaled, w, c])]
+    return [b.graph, g.graph]
 
 
 def test_every_rule_fires_somewhere() -> None:
@@ -323,3 +344,13 @@ def test_every_rule_fires_somewhere() -> None:
             fired.update(record.stats)
     rules = {r.name for rs in (SIMPLIFY, LAYOUT, FUSION) for r in rs.rules}
     assert rules - fired == set()
+
+
+def test_ir_only_cases_keep_the_numbers() -> None:
+    from kcompile.ir import run_graph
+
+    x = np.random.default_rng(9).normal(size=(4, 3)).astype("float32")
+    for graph in ir_only_cases():
+        want = run_graph(graph, {"x": x})
+        got = run_graph(kc.optimize(graph, level=2), {"x": x})
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
