@@ -119,3 +119,18 @@ def test_save_needs_a_keras_suffix(tmp_path: Any) -> None:
     model = kc.Sequential([kc.Input(shape=(3,)), L.Dense(2)])
     with pytest.raises(KCompileError, match=r"\.keras"):
         model.save(str(tmp_path / "m.h5"))
+
+
+def test_model_checkpoint_to_a_keras_path_saves_the_whole_model(tmp_path: Any) -> None:
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((32, 5)).astype("float32"), rng.integers(0, 2, 32)
+    model = kc.Sequential([kc.Input(shape=(5,)), L.Dense(4, activation="relu"), L.Dense(2, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    path = str(tmp_path / "best.keras")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[kc.callbacks.ModelCheckpoint(path, monitor="loss")])
+    loaded = kc.load(path)
+    assert loaded.optimizer is not None and loaded.optimizer.iterations == 8
+    for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(KCompileError, match=r"\.weights\.h5"):
+        kc.callbacks.ModelCheckpoint(path, save_weights_only=True)

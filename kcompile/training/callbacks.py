@@ -362,9 +362,12 @@ class LambdaCallback(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Save the weights (with the optimizer state) after every epoch, or only when `monitor`
-    improves (`save_best_only`). `filepath` may hold `{epoch}` and log keys (`{val_loss:.3f}`).
-    Writes are atomic: an interrupted save leaves the previous checkpoint intact."""
+    """Save the model after every epoch, or only when `monitor` improves (`save_best_only`):
+    a `.keras` path gets the whole model (`model.save`: structure, weights, optimizer state; `kc.load`
+    resumes it), another path the weights with the optimizer state (`save_weights`).
+    `save_weights_only` left None follows the path; given, it must agree with it, as in Keras.
+    `filepath` may hold `{epoch}` and log keys (`{val_loss:.3f}`). Writes are atomic: an
+    interrupted save leaves the previous checkpoint intact."""
 
     def __init__(
         self,
@@ -373,11 +376,17 @@ class ModelCheckpoint(Callback):
         verbose: int = 0,
         save_best_only: bool = False,
         mode: str = "auto",
-        save_weights_only: bool = True,
+        save_weights_only: bool | None = None,
     ) -> None:
         super().__init__()
         self.filepath, self.monitor, self.verbose = str(filepath), monitor, verbose
-        self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
+        whole = self.filepath.endswith(".keras")
+        if save_weights_only is not None and bool(save_weights_only) == whole:
+            want = "a path ending in .weights.h5" if save_weights_only else "a path ending in .keras"
+            raise ModelError(
+                f"ModelCheckpoint(save_weights_only={save_weights_only}) needs {want}, got {self.filepath!r}"
+            )
+        self.save_best_only, self.save_weights_only = save_best_only, not whole
         self.better = _mode_op(mode, monitor)
         self.best: float | None = None
 
@@ -396,7 +405,10 @@ class ModelCheckpoint(Callback):
             if self.verbose:
                 print(f"Epoch {epoch + 1}: {self.monitor} improved to {current:.5f}, saving model to {path}")
             self.best = current
-        self.model.save_weights(path)
+        if self.save_weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
 
 
 # TensorBoard ---------------------------------------------------------------------------------
