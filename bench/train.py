@@ -126,9 +126,12 @@ def torch_runner(model: kc.Model, opt: str, x: np.ndarray, y: np.ndarray) -> tup
     """One epoch of the torch training loop, and the loss on the first batch before training."""
     import torch
 
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     net = torch_net(model)
     lr = OPTIMIZERS[opt]
-    optim = torch.optim.SGD(net.parameters(), lr) if opt == "sgd" else torch.optim.Adam(net.parameters(), lr)
+    params = net.parameters()
+    optim = torch.optim.SGD(params, lr) if opt == "sgd" else torch.optim.Adam(params, lr, eps=1e-7)  # Keras eps
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x)
     yt = torch.from_numpy(y)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -209,12 +212,11 @@ def peers(model: kc.Model, opt: str, x: np.ndarray, y: np.ndarray, want: float) 
 def bench(name: str, opt: str, steps: int, rounds: int) -> None:
     model = kcompile_model(name, opt)
     x, y = data(model, steps * BATCH)
-    want = float(model.evaluate(x[:BATCH], y[:BATCH], batch_size=BATCH, verbose=0))
-    runners = peers(model, opt, x, y, want)  # built before kcompile trains: the same start weights
     t0 = time.perf_counter()
-    model.fit(x[:BATCH], y[:BATCH], batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
+    want = float(model.evaluate(x[:BATCH], y[:BATCH], batch_size=BATCH, verbose=0))  # builds the step
     build = time.perf_counter() - t0
     print(f"  kcompile step ({opt}): {_onnx_nodes(model)} ONNX nodes, built and loaded in {build * 1e3:.0f} ms")
+    runners = peers(model, opt, x, y, want)  # built before kcompile trains: the same start weights
     runners = {"kcompile fit": lambda: model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False)} | runners
     medians = measure(runners, rounds)
     base = medians["kcompile fit"]
@@ -276,17 +278,22 @@ def profile(name: str, opt: str, steps: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=20, help="batches per runner per round")
     parser.add_argument("--only", nargs="*", help="workload names to run")
     parser.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     parser.add_argument("--profile", metavar="WORKLOAD", help="profile kcompile's step instead of timing peers")
+    parser.add_argument("--threads", type=int, help="threads of every runner (OMP_NUM_THREADS); default: their own")
     args = parser.parse_args(argv)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by kcompile's step, torch (and so Keras)
     if args.profile:
         for opt in args.optimizers:
             profile(args.profile, opt, args.steps)
         return
-    print(f"training throughput, batch {BATCH}, {os.cpu_count()} cores; ratio = runner time / kcompile time")
+    threads = os.environ.get("OMP_NUM_THREADS", "each runner's default")
+    print(f"training throughput, batch {BATCH}, {os.cpu_count()} cores, threads: {threads}")
+    print("ratio = runner time / kcompile time (> 1: the runner is slower)")
     for name in WORKLOADS:
         if args.only and name not in args.only:
             continue

@@ -10,6 +10,9 @@ name, all at once, before anything is emitted.
 `AutodiffPass(loss_index)`: graph -> the same graph whose outputs are `[loss, *gradients]`, one per
 trainable param that the loss depends on (`pass.param_names` says which).
 
+`SimplifyGradientsPass` (GRADIENT_RULES) uses identities of gradient graphs: the spatial sum of
+a max-pooling gradient is the sum of the pooled gradient.
+
 `DecomposeForTrainingPass` runs on a graph whose learning phase is folded to 1 and makes it
 differentiable the way Keras trains:
 - `dropout(x, 1) -> x * dropout_mask(x)` (one seeded mask, shared by forward and backward);
@@ -38,6 +41,7 @@ from kcompile.ops.recurrent import unroll
 from kcompile.ops.registry import get_op
 
 from .base import Pass, PassResult
+from .rewrite import Constants, Match, P, Rule, RuleSet, V, apply_rules
 
 
 def _is_float(v: Value) -> bool:
@@ -217,3 +221,37 @@ class DecomposeForTrainingPass(Pass):
                 new = b.op("add", [b.op("mul", [moving, const(momentum)]), b.op("mul", [batch, const(1.0 - momentum)])])
                 self.updates.append((moving, new))
         return y
+
+
+# Rewrites of gradient graphs (rules, run by `SimplifyGradientsPass`):
+#     reduce_sum(max_pool_grad(x, dy), axes ⊇ spatial) -> reduce_sum(dy, axes)
+# max_pool_grad hands each window's dy to exactly one element of x, so summing over every spatial
+# position sums dy: a conv bias's gradient is read off the pooled gradient, a fraction of the size.
+def _covers_spatial(m: Match) -> str | None:
+    rank = m.root.inputs[0].type.rank
+    axes = {a % rank for a in m.root.attrs["axes"]}
+    return None if set(range(2, rank)) <= axes else "the sum keeps a spatial axis"
+
+
+GRADIENT_RULES = RuleSet(
+    "gradients",
+    [
+        Rule(
+            "sum-of-max-pool-grad",
+            P("reduce_sum", P("max_pool_grad", V("x"), V("dy"))),
+            lambda m, b: b.op("reduce_sum", [m["dy"]], **m.root.attrs),
+            check=_covers_spatial,
+            allow_shared=True,  # the pooled gradient still flows on to the conv
+        )
+    ],
+)
+
+
+class SimplifyGradientsPass(Pass):
+    """GRADIENT_RULES on a graph holding gradients (weights are values, not constants)."""
+
+    name = "simplify-gradients"
+
+    def run(self, graph: Graph) -> PassResult:
+        stats = apply_rules(graph, (GRADIENT_RULES,), Constants(params=False))
+        return PassResult(graph, stats.total > 0, dict(stats.applied))

@@ -18,6 +18,9 @@
 
 Every constant must broadcast along the output-channel axis only (axis 1 for conv, the last
 axis for matmul/gemm): anything else is not a per-channel affine map and is left alone.
+
+`TrainingFusionPass` (TRAINING_FUSION) is for a forward graph about to be differentiated: a bias
+that is a value goes into the conv, and ReLU moves after max pooling.
 """
 
 from __future__ import annotations

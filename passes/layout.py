@@ -14,6 +14,10 @@ that do not care about layout, until pairs meet and cancel (`simplify`'s merge-t
 
 A conv net ends with one transpose at its input (none with `--input-layout NCHW`) and none
 inside; a Flatten + Dense head absorbs the last one into the Dense kernel.
+
+`TrainingLayoutPass` runs the same rules on a forward graph about to be differentiated, where
+weights are values (TRAINING_LAYOUT adds: a bias or batch statistic follows the transpose as a
+reshape); the Flatten keeps its transpose there, since the Dense kernel cannot absorb it.
 """
 
 from __future__ import annotations

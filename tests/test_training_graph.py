@@ -100,36 +100,60 @@ def _conv_net(rate: float) -> Any:
     )
 
 
-def _step_plans(optimizer: Any, rate: float = 0.5) -> tuple[Any, Any]:
+def _branchy_net(rate: float) -> Any:
+    """Residual add, depthwise and strided convs, 'same' max pooling on an odd size (the
+    scatter lowering), average and global pooling, a PReLU: layouts the step must keep straight."""
+    import kcompile as kc
+    from kcompile import layers as L
+
+    kc.set_random_seed(6)
+    x = kc.Input(shape=(9, 9, 3))
+    h = L.Conv2D(4, 3, padding="same", activation="relu")(x)
+    h = L.Add()([h, L.DepthwiseConv2D(3, padding="same")(h)])
+    h = L.PReLU()(L.MaxPooling2D(padding="same")(h))
+    h = L.Conv2D(6, 2, strides=2, padding="same", use_bias=False)(h)
+    h = L.AveragePooling2D()(L.BatchNormalization()(h))
+    y = L.Dense(5, activation="softmax")(L.Dropout(rate)(L.GlobalAveragePooling2D()(h)))
+    return kc.Model(x, y)
+
+
+def _step_plans(optimizer: Any, rate: float = 0.5, net: str = "conv") -> tuple[Any, Any]:
     from kcompile.training import losses
     from kcompile.training.step import build_train_graph, target_types
 
     y_types = target_types([np.zeros(4, np.int64)])
     loss = [losses.SparseCategoricalCrossentropy()]
-    model = _conv_net(rate)
+    model = _conv_net(rate) if net == "conv" else _branchy_net(rate)
     raw = build_train_graph(model, optimizer, loss, [1.0], [[]], y_types, optimize=False)
     opt = build_train_graph(model, optimizer, loss, [1.0], [[]], y_types, optimize=True)
     return raw, opt
 
 
 def _feeds(plan: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    feeds = {plan.data_inputs[0]: rng.integers(-2, 3, (4, 10, 10, 2)).astype(F)}  # ties in every pool
+    shape = tuple(int(d) for d in plan.graph.inputs[0].type.shape[1:])
+    feeds = {plan.data_inputs[0]: rng.integers(-2, 3, (4, *shape)).astype(F)}  # ties in every pool
     feeds[plan.data_inputs[1]] = rng.integers(0, 5, 4).astype(np.int64)
-    feeds["lr"], feeds["t"] = np.array(0.05, F), np.array(1.0, F)
-    for v in plan.graph.inputs[len(plan.data_inputs) + 2 :]:
+    scalars = {"lr": np.array(0.05, F), "t": np.array(1.0, F)}
+    for v in plan.graph.inputs:
+        if v.name in feeds:
+            continue
+        if v.name in scalars:
+            feeds[v.name] = scalars[v.name]
+            continue
         shape = tuple(int(d) for d in v.type.shape)
         positive = "variance" in v.name or v.name in plan.slots  # Adam's velocity, RMSprop's average
         feeds[v.name] = (rng.uniform(0.5, 1.5, shape) if positive else rng.standard_normal(shape)).astype(F)
     return feeds
 
 
+@pytest.mark.parametrize("net", ["conv", "branchy"])
 @pytest.mark.parametrize("rate", [0.0, 0.5])
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
-def test_optimized_step_computes_what_the_unoptimized_step_computes(opt_name: str, rate: float) -> None:
+def test_optimized_step_computes_what_the_unoptimized_step_computes(opt_name: str, rate: float, net: str) -> None:
     from kcompile.training import optimizers
 
     optimizer = optimizers.SGD(0.05) if opt_name == "sgd" else optimizers.Adam(0.01)
-    raw, opt = _step_plans(optimizer, rate)
+    raw, opt = _step_plans(optimizer, rate, net)
     assert opt.states == raw.states and opt.updated == raw.updated and opt.scalars == raw.scalars
     feeds = _feeds(raw, np.random.default_rng(2))
     want = run_graph(raw.graph, feeds, training=True)
@@ -160,3 +184,21 @@ def test_optimized_conv_step_runs_channels_first() -> None:
             assert all(producers.get(id(v)) is None or producers[id(v)].op != "conv" for v in n.inputs)
         if n.op == "max_pool":  # ReLU runs on the pooled map
             assert producers[id(n.inputs[0])].op != "relu"
+        if n.op == "reduce_sum":  # a conv bias gradient sums the pooled gradient
+            assert producers[id(n.inputs[0])].op != "max_pool_grad"
+
+
+@pytest.mark.parametrize("net", ["conv", "branchy"])
+def test_optimized_eval_graph_computes_what_the_unoptimized_one_computes(net: str) -> None:
+    from kcompile.training import losses, metrics
+    from kcompile.training.step import build_eval_graph, target_types
+
+    model = _conv_net(0.5) if net == "conv" else _branchy_net(0.5)
+    args = ([losses.SparseCategoricalCrossentropy()], [1.0], [[metrics.SparseCategoricalAccuracy()]])
+    y_types = target_types([np.zeros(4, np.int64)])
+    raw = build_eval_graph(model, *args, y_types, optimize=False)
+    opt = build_eval_graph(model, *args, y_types, optimize=True)
+    assert opt.scalars == raw.scalars and opt.states == raw.states
+    feeds = _feeds(raw, np.random.default_rng(4))
+    for w, g in zip(run_graph(raw.graph, feeds), run_graph(opt.graph, feeds), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

@@ -515,50 +515,54 @@ def _max_pool_grad_tiled(
     spatial: tuple[int, ...],
     out: tuple[int, ...],
 ) -> list[str]:
-    # Windows tile x: x[..., o*k + kk] for one offset kk is a strided slice shaped like y. The
-    # first maximum of a window (row-major offsets) is the first offset where the slice equals y
-    # = max_pool(x) (onnxruntime merges this MaxPool with the forward one); each offset's share of
-    # dy is laid back at its place by interleaving [N, C, o1, k1, o2, k2, ...] and reshaping.
+    # Windows tile x: x[:, o*k + kk] for one offset kk is a strided slice shaped like y. The first
+    # maximum of a window (row-major offsets) is the first offset where the slice equals
+    # y = max_pool(x) (onnxruntime merges this MaxPool with the forward one); each offset's share
+    # of dy is laid back at its place by interleaving [N, o1, k1, o2, k2, ..., C] and reshaping.
+    # The work runs channels-last: slices and interleaving then move C contiguous values at a
+    # time instead of single ones (onnxruntime cancels the transposes against its neighbours').
     x, dy = ins
     dtype = types[0].dtype
     kernel = tuple(a["kernel"])
     nd = len(kernel)
+    last = [0, *range(2, 2 + nd), 1]
     y = e.emit("MaxPool", [x], **_pool_attrs(a))[0]
+    x_l, y_l, dy_l = (e.emit("Transpose", [v], perm=last)[0] for v in (x, y, dy))
     zero = e.const(np.zeros((), dtype), "zero")
-    axes = e.const(np.arange(2, 2 + nd, dtype=np.int64), "axes")
+    axes = e.const(np.arange(1, 1 + nd, dtype=np.int64), "axes")
     steps = e.const(np.array(kernel, np.int64), "steps")
-    widen = e.const(np.arange(3, 3 + 2 * nd, 2, dtype=np.int64), "axes")  # a unit axis after each o_i
+    widen = e.const(np.arange(2, 2 + 2 * nd, 2, dtype=np.int64), "axes")  # a unit axis after each o_i
     offsets = list(itertools.product(*(range(k) for k in kernel)))
     taken: str | None = None
     parts: dict[tuple[int, ...], str] = {}
     for i, kk in enumerate(offsets):
         ends = [k + s * (o - 1) + 1 for k, s, o in zip(kk, kernel, out, strict=True)]
         starts_c, ends_c = e.const(np.array(kk, np.int64), "starts"), e.const(np.array(ends, np.int64), "ends")
-        cut = e.emit("Slice", [x, starts_c, ends_c, axes, steps])[0]
-        hit = e.emit("Equal", [cut, y])[0]
+        cut = e.emit("Slice", [x_l, starts_c, ends_c, axes, steps])[0]
+        hit = e.emit("Equal", [cut, y_l])[0]
         if taken is not None:
             first = e.emit("And", [hit, e.emit("Not", [taken])[0]])[0]
             taken = e.emit("Or", [taken, hit])[0] if i + 1 < len(offsets) else taken
             hit = first
         else:
             taken = hit
-        share = e.emit("Where", [hit, dy, zero])[0]
-        parts[kk] = e.emit("Unsqueeze", [share, widen])[0]  # [N, C, o1, 1, o2, 1, ...]
+        share = e.emit("Where", [hit, dy_l, zero])[0]
+        parts[kk] = e.emit("Unsqueeze", [share, widen])[0]  # [N, o1, 1, o2, 1, ..., C]
 
     def assemble(prefix: tuple[int, ...]) -> str:
         d = len(prefix)
         if d == nd:
             return parts[prefix]
         pieces = [assemble((*prefix, j)) for j in range(kernel[d])]
-        return e.emit("Concat", pieces, axis=3 + 2 * d)[0] if len(pieces) > 1 else pieces[0]
+        return e.emit("Concat", pieces, axis=2 + 2 * d)[0] if len(pieces) > 1 else pieces[0]
 
     tiles = assemble(())
     covered = [o * k for o, k in zip(out, kernel, strict=True)]
-    dx = e.emit("Reshape", [tiles, e.const(np.array([0, 0, *covered], np.int64), "shape")])[0]
+    dx = e.emit("Reshape", [tiles, e.const(np.array([0, *covered, -1], np.int64), "shape")])[0]
     if tuple(covered) != spatial:  # rows/columns no window reads get a zero gradient
-        pads = [0, 0] + [0] * nd + [0, 0] + [n - c for n, c in zip(spatial, covered, strict=True)]
+        pads = [0] * (nd + 2) + [0] + [n - c for n, c in zip(spatial, covered, strict=True)] + [0]
         dx = e.emit("Pad", [dx, e.const(np.array(pads, np.int64), "pads")])[0]
-    return [dx]
+    return e.emit("Transpose", [dx], perm=[0, nd + 1, *range(1, nd + 1)])
 
 
 def _max_pool_grad_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:

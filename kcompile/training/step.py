@@ -12,16 +12,20 @@ Before differentiation the forward graph is optimized with the weights kept as v
 (`optimize_forward`): transposes cancelled, so a conv net runs channels-first from its input to
 its Flatten, forward and (by autodiff) backward; biases ride in the Conv; ReLU runs after max
 pooling. After the update is appended, chains are simplified and duplicates merged
-(`optimize_step`). `build_train_graph(..., optimize=False)` builds the plain graph.
+(`optimize_step`). The evaluation graph gets `optimize_forward` too; `optimize=False` builds
+either plain.
 
 The weights are graph inputs, not initializers, so no step re-serialises anything. `StepRunner`
 keeps two onnxruntime buffers per updated state and two IO bindings that read one set and write
 the other; each step flips the binding, so the outputs of step k are the inputs of step k+1
 without a copy. Python binds the batch, the learning rate and t, runs, and reads the loss.
+The sessions use `threads` intra-op threads: by default OMP_NUM_THREADS when it is set (as torch
+does), else onnxruntime's one per physical core.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,14 +123,16 @@ def optimize_forward(graph: Graph) -> Graph:
     from kcompile.passes.layout import TrainingLayoutPass
 
     passes = [SimplifyPass(constant_params=False), TrainingLayoutPass(), TrainingFusionPass()]
-    return PassManager(passes).run(graph)  # type: ignore[no-any-return]
+    return PassManager(passes).run(graph)
 
 
 def optimize_step(graph: Graph) -> Graph:
-    """The whole step graph: chains (transposes of transposes) simplified, duplicates merged."""
+    """The whole step graph: chains (transposes of transposes) simplified, gradient identities
+    used (`SimplifyGradientsPass`), duplicates merged."""
     from kcompile.passes import CSEPass, PassManager, SimplifyPass
+    from kcompile.passes.autodiff import SimplifyGradientsPass
 
-    return PassManager([SimplifyPass(constant_params=False), CSEPass()]).run(graph)  # type: ignore[no-any-return]
+    return PassManager([SimplifyPass(constant_params=False), SimplifyGradientsPass(), CSEPass()]).run(graph)
 
 
 def build_train_graph(
@@ -212,11 +218,14 @@ def build_eval_graph(
     loss_weights: list[float],
     metrics: list[list[Metric]],
     y_types: list[TensorType],
+    optimize: bool = True,
 ) -> StepPlan:
     from kcompile.passes import DeadCodeEliminationPass, FoldLearningPhasePass, PassManager
 
     graph = PassManager([FoldLearningPhasePass(training=False), DeadCodeEliminationPass()]).run(model.to_graph())
     out_names = [v.name for v in graph.outputs]
+    if optimize:
+        graph = optimize_forward(graph)
     b = Builder(graph)
     present = {id(p) for p in graph.params}
     regs = [(w, r) for w, r in penalties(model.layers) if id(w) in present and w.trainable]
@@ -234,10 +243,19 @@ def build_eval_graph(
     return StepPlan(graph, data, list(params), [], [v.name for v in graph.outputs], params, {})
 
 
+def _env_threads() -> int:
+    """OMP_NUM_THREADS when it is set to a number (the knob torch and NumPy's BLAS read), else 0:
+    onnxruntime's default (one thread per physical core)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(value) if value.isdigit() else 0
+
+
 class StepRunner:
     """Runs a train step graph (and its eval graph) with the state resident in onnxruntime."""
 
-    def __init__(self, train: StepPlan, evaluate: StepPlan | None, optimizer: Optimizer, threads: int = 0) -> None:
+    def __init__(
+        self, train: StepPlan, evaluate: StepPlan | None, optimizer: Optimizer, threads: int | None = None
+    ) -> None:
         import onnxruntime as ort
 
         from kcompile.runtime import lower_to_onnx
@@ -245,20 +263,17 @@ class StepRunner:
         self.plan, self.eval_plan, self.optimizer = train, evaluate, optimizer
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if threads is None:
+            threads = _env_threads()
         if threads:
             opts.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
-        # onnxruntime's NCHWc layout transformer needs constant filters: with the weights fed per
-        # step it converts only the pooling ops, and every step pays the reorders around them.
-        kwargs = {"disabled_optimizers": ["NchwcTransformer"]}
         try:
             self.session = ort.InferenceSession(
-                lower_to_onnx(train.graph).SerializeToString(), opts, providers=providers, **kwargs
+                lower_to_onnx(train.graph).SerializeToString(), opts, providers=providers
             )
             self.eval_session = (
-                ort.InferenceSession(
-                    lower_to_onnx(evaluate.graph).SerializeToString(), opts, providers=providers, **kwargs
-                )
+                ort.InferenceSession(lower_to_onnx(evaluate.graph).SerializeToString(), opts, providers=providers)
                 if evaluate is not None
                 else None
             )
