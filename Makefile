@@ -32,6 +32,9 @@ demo: $(STAMP)
 	$(VENV)/bin/kcompile examples/replicas.k --model replicas --emit dot -o build/replicas_k.dot
 	$(VENV)/bin/kcompile examples/blocks.k --model cnn --time-passes -o build/cnn_k.onnx
 	$(VENV)/bin/kcompile examples/blocks.k --model finetune -o build/finetune_k.onnx
+	$(VENV)/bin/kcompile examples/video_qa.k --model video_qa -o build/video_qa_k.onnx
+	$(VENV)/bin/kcompile tests/fixtures/models/mobilenet_v2.keras -o build/mobilenet_v2.onnx
+	$(VENV)/bin/kcompile tests/fixtures/models/transformer_block.keras -o build/transformer_block.onnx
 	$(VENV)/bin/kcompile train examples/digits.k --data examples/data/digits.npz \
 		-o build/digits.onnx --curve build/digits_curve.png --checkpoint build/digits.weights.h5
 
