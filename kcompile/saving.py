@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import ModelError
 from .fileio import write_atomic
+from .keras_import import KerasOp
 from .layers.base import InputLayer, KTensor, Layer, LayerCall, snake_case
 from .layers.merging import Elementwise
 
@@ -112,6 +113,10 @@ def _json_value(value: Any, where: str) -> Any:
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
+    if value is Ellipsis:
+        return {"class_name": "__ellipsis__", "config": {}}
+    if isinstance(value, slice):
+        return {"class_name": "__slice__", "config": {"start": value.start, "stop": value.stop, "step": value.step}}
     if value is None or isinstance(value, bool | int | float | str):
         return value
     get_config = getattr(value, "get_config", None)
@@ -187,7 +192,13 @@ def model_config(model: Model) -> dict[str, Any]:
             entries.append(_input_entry(layer))
             continue
         calls = [c for c in model._order if c.layer is layer]
-        entry = _op_entry(layer) if isinstance(layer, Elementwise) else layer_entry(layer)
+        if isinstance(layer, Elementwise):
+            entry = _op_entry(layer)
+        elif isinstance(layer, KerasOp):  # an operation node read from a Keras archive, written back as one
+            entry = {"module": "keras.src.ops.numpy", "class_name": layer.op, "config": dict(layer.config),
+                     "registered_name": layer.op}  # fmt: skip
+        else:
+            entry = layer_entry(layer)
         entry["name"] = layer.name
         entry["inbound_nodes"] = [_node(layer, call, ref) for call in calls]
         entries.append(entry)
@@ -216,6 +227,10 @@ def _node(layer: Layer, call: LayerCall, ref: Any) -> dict[str, Any]:
     keras_args = getattr(layer, "keras_call_args", None)
     if keras_args is not None:
         args, kwargs = keras_args(call)
+    elif isinstance(layer, KerasOp):
+        operands = iter(call.inputs)
+        args = [next(operands) if c is None else c for c in layer._template]
+        kwargs = dict(layer._kw)
     elif isinstance(layer, Elementwise):
         operands = iter(call.inputs)
         args = [next(operands) if c is None else np.asarray(c).tolist() for c in layer._operands]

@@ -134,3 +134,17 @@ def test_model_checkpoint_to_a_keras_path_saves_the_whole_model(tmp_path: Any) -
         np.testing.assert_array_equal(a, b)
     with pytest.raises(KCompileError, match=r"\.weights\.h5"):
         kc.callbacks.ModelCheckpoint(path, save_weights_only=True)
+
+
+def test_an_imported_model_with_keras_operations_saves_and_loads_again(tmp_path: Any) -> None:
+    """Operation nodes read from a Keras archive (`x * 0.5 + 1`, `x[:, 0:3]`) are written back as
+    Keras operation nodes, so the saved file loads again with the same outputs."""
+    fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "models")
+    model = kc.load(os.path.join(fixtures, "multi_io_ops.keras"))
+    path = str(tmp_path / "again.keras")
+    model.save(path)
+    again = kc.load(path)
+    rng = np.random.default_rng(6)
+    feeds = [rng.standard_normal((2, 12, 12, 3)).astype("float32"), rng.standard_normal((2, 7)).astype("float32")]
+    for got, want in zip(again.predict(feeds), model.predict(feeds), strict=True):
+        np.testing.assert_array_equal(got, want)
