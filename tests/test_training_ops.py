@@ -73,6 +73,9 @@ TRAINING_CASES: dict[str, list[TCase]] = {
             [T("batch", 4, 5, 5), T("batch", 6, 5, 5), np.ones((6, 2, 3, 3))], {"auto_pad": "SAME_UPPER", "group": 2}
         ),
         TCase([T("batch", 2, 8), T("batch", 3, 8), np.ones((3, 2, 3))], {"pads": (2, 0)}),
+        # stride 1: the batch-in-the-contraction lowering (crops and row runs), dilated and 3D too
+        TCase([T("batch", 3, 9, 7), T("batch", 4, 5, 5), np.ones((4, 3, 3, 2))], {"dilations": (2, 2)}),
+        TCase([T("batch", 2, 5, 4, 6), T("batch", 3, 4, 2, 4), np.ones((3, 2, 2, 3, 3))]),
     ],
     "avg_pool_grad": [
         TCase(
@@ -88,6 +91,16 @@ TRAINING_CASES: dict[str, list[TCase]] = {
         ),
         TCase(
             [T("batch", 2, 9), T("batch", 2, 4)], {"kernel": (3,), "strides": (2,), "auto_pad": "VALID"}, {0: rounded}
+        ),
+        # Windows that tile x (strides = kernel, no padding): the prefix-box + MaxUnpool lowering,
+        # with rows and columns past the last window, non-square windows, 1D and 3D.
+        TCase([T("batch", 3, 6, 6), T("batch", 3, 3, 3)], {"kernel": (2, 2), "strides": (2, 2)}, {0: rounded}),
+        TCase([T("batch", 2, 7, 11), T("batch", 2, 3, 3)], {"kernel": (2, 3), "strides": (2, 3)}, {0: rounded}),
+        TCase(
+            [T("batch", 2, 10), T("batch", 2, 3)], {"kernel": (3,), "strides": (3,), "auto_pad": "VALID"}, {0: rounded}
+        ),
+        TCase(
+            [T("batch", 2, 4, 5, 4), T("batch", 2, 2, 2, 2)], {"kernel": (2, 2, 2), "strides": (2, 2, 2)}, {0: rounded}
         ),
     ],
     "compare": [

@@ -13,8 +13,9 @@ random mask of training-mode dropout.
 - `dropout_mask(x, rate, seed)`: keep-mask / (1 - rate) shaped like x; training-mode dropout is
   `x * dropout_mask(x)`, so the backward pass reuses the forward's mask.
 
-The window adjoints lower to ONNX ConvTranspose / MaxPool indices + ScatterElements and need the
-spatial sizes to be static (the batch may stay symbolic).
+The window adjoints lower to ONNX ConvTranspose, GEMMs over gathered columns, and MaxPool +
+MaxUnpool (ScatterElements where windows overlap), and need static spatial sizes (the batch may
+stay symbolic).
 """
 
 from __future__ import annotations
@@ -352,46 +353,103 @@ def _conv_grad_weight_ref(ctx: RefContext, xs: list[np.ndarray], a: dict[str, An
 
 
 def _conv_grad_weight_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
-    # dw[o, c, k] = sum_{n, p} x_pad[n, c, p*s + k*d] dy[n, o, p]. The columns x_pad[.., p*s + k*d]
-    # for every kernel offset k are strided slices of x; stacked [N, g, Cg*K, P] they meet dy
-    # [N, g, P, Og] in one batched MatMul, summed over the batch.
+    # dw[o, c, k] = sum_{n, p} x_pad[n, c, p*s + k*d] dy[n, o, p]: the columns x_pad[.., p*s + k*d]
+    # of every kernel offset k, stacked, meet dy in one matrix product.
     x, dy, _ = ins
     x_t, _dy_t, w_t = types
     nd = x_t.rank - 2
     spatial = _static(x_t.with_shape(x_t.shape[2:]), "conv_grad_weight")
     w_shape = _static(w_t, "conv_grad_weight")
-    o, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
     strides, dil = _window_params(a, nd)
-    pads = conv_pads(spatial, kernel, a)
+    pads = conv_pads(spatial, w_shape[2:], a)
     if any(pb or pe for pb, pe in pads):
         flat = [0, 0] + [p[0] for p in pads] + [0, 0] + [p[1] for p in pads]
         x = e.emit("Pad", [x, e.const(np.array(flat, np.int64), "pads")])[0]
-    g = a["group"]
-    out = tuple(
-        (n + pb + pe - ((k - 1) * dd + 1)) // ss + 1
-        for n, (pb, pe), k, dd, ss in zip(spatial, pads, kernel, dil, strides, strict=True)
-    )
+    padded = tuple(n + pb + pe for n, (pb, pe) in zip(spatial, pads, strict=True))
+    if all(s == 1 for s in strides):
+        return _conv_grad_weight_shifted(e, x, dy, a["group"], padded, w_shape, dil)
+    return _conv_grad_weight_strided(e, x, dy, a["group"], padded, w_shape, strides, dil)
+
+
+def _int64(e: OnnxEmitter, values: Any, hint: str) -> str:
+    return e.const(np.array(values, np.int64), hint)
+
+
+def _conv_grad_weight_shifted(
+    e: OnnxEmitter, x: str, dy: str, g: int, padded: tuple[int, ...], w_shape: tuple[int, ...], dil: tuple[int, ...]
+) -> list[str]:
+    # Stride 1. The batch moves inside the contraction: x as [C, N, *spatial] and dy as
+    # [O, N*P], so one GEMM with a long inner dimension (N*P) does all the work, with no per-sample
+    # products to sum afterwards. The columns are cheap copies: the trailing axes are cropped once
+    # per trailing kernel offset; after flattening, each offset k1 along the first spatial axis is
+    # one contiguous run of the crop (rows k1*d1 .. k1*d1 + P1, each already P2*..*Pnd wide).
+    nd = len(padded)
+    o, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
+    out = tuple(n - (k - 1) * d for n, k, d in zip(padded, kernel, dil, strict=True))
+    trailing = int(np.prod(out[1:]))
+    xt = e.emit("Transpose", [x], perm=[1, 0, *range(2, 2 + nd)])[0]  # [C, N, *spatial]
+    crops: dict[tuple[int, ...], str] = {}
+    for kt in itertools.product(*(range(k) for k in kernel[1:])):
+        crop = xt
+        if nd > 1:
+            starts = [k * d for k, d in zip(kt, dil[1:], strict=True)]
+            ends = [st + n for st, n in zip(starts, out[1:], strict=True)]
+            axes = _int64(e, list(range(3, 2 + nd)), "axes")
+            crop = e.emit("Slice", [xt, _int64(e, starts, "starts"), _int64(e, ends, "ends"), axes])[0]
+        crops[kt] = e.emit("Reshape", [crop, _int64(e, [g * cg, -1, padded[0] * trailing], "shape")])[0]
+    rows = out[0] * trailing
+    columns = []
+    for kk in itertools.product(*(range(k) for k in kernel)):
+        start = kk[0] * dil[0] * trailing
+        run = e.emit("Slice", [crops[kk[1:]], _int64(e, [start], "starts"), _int64(e, [start + rows], "ends"),
+                               _int64(e, [2], "axes")])[0]  # fmt: skip
+        columns.append(e.emit("Reshape", [run, _int64(e, [g, cg, 1, -1], "shape")])[0])  # [g, Cg, 1, N*P]
+    cols = e.emit("Concat", columns, axis=2)[0] if len(columns) > 1 else columns[0]  # [g, Cg, K, N*P]
+    cols = e.emit("Reshape", [cols, _int64(e, [g, cg * len(columns), -1], "shape")])[0]
+    dyt = e.emit("Transpose", [dy], perm=[1, 0, *range(2, 2 + nd)])[0]  # [O, N, *out]
+    dyg = e.emit("Reshape", [dyt, _int64(e, [g, o // g, -1], "shape")])[0]  # [g, Og, N*P]
+    if g == 1:
+        squeeze = _int64(e, [0], "axes")
+        dyg, cols = (e.emit("Squeeze", [v, squeeze])[0] for v in (dyg, cols))
+        total = e.emit("Gemm", [dyg, cols], transB=1)[0]  # [Og, Cg*K]
+    else:
+        total = e.emit("MatMul", [dyg, e.emit("Transpose", [cols], perm=[0, 2, 1])[0]])[0]  # [g, Og, Cg*K]
+    return e.emit("Reshape", [total, _int64(e, list(w_shape), "shape")])
+
+
+def _conv_grad_weight_strided(
+    e: OnnxEmitter,
+    x: str,
+    dy: str,
+    g: int,
+    padded: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    dil: tuple[int, ...],
+) -> list[str]:
+    # The columns x_pad[.., p*s + k*d] for every kernel offset k are strided slices of x; stacked
+    # [N, g, Cg*K, P] they meet dy [N, g, P, Og] in one batched MatMul, summed over the batch.
+    nd = len(padded)
+    o, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
+    out = tuple((n - ((k - 1) * dd + 1)) // ss + 1 for n, k, dd, ss in zip(padded, kernel, dil, strides, strict=True))
     positions = int(np.prod(out))
-    axes = e.const(np.arange(2, 2 + nd, dtype=np.int64), "axes")
-    steps = e.const(np.array(strides, np.int64), "steps")
-    col_shape = e.const(np.array([0, g, cg, 1, positions], np.int64), "shape")
+    axes = _int64(e, list(range(2, 2 + nd)), "axes")
+    steps = _int64(e, list(strides), "steps")
+    col_shape = _int64(e, [0, g, cg, 1, positions], "shape")
     columns = []
     for kk in itertools.product(*(range(k) for k in kernel)):
         starts = [k * dd for k, dd in zip(kk, dil, strict=True)]
         ends = [st + ss * (n - 1) + 1 for st, ss, n in zip(starts, strides, out, strict=True)]
-        cut = e.emit(
-            "Slice",
-            [x, e.const(np.array(starts, np.int64), "starts"), e.const(np.array(ends, np.int64), "ends"), axes, steps],
-        )[0]
+        cut = e.emit("Slice", [x, _int64(e, starts, "starts"), _int64(e, ends, "ends"), axes, steps])[0]
         columns.append(e.emit("Reshape", [cut, col_shape])[0])  # [N, g, Cg, 1, P]
     cols = e.emit("Concat", columns, axis=3)[0] if len(columns) > 1 else columns[0]  # [N, g, Cg, K, P]
-    cols = e.emit("Reshape", [cols, e.const(np.array([0, g, cg * len(columns), positions], np.int64), "shape")])[0]
-    dyg = e.emit("Reshape", [dy, e.const(np.array([0, g, o // g, positions], np.int64), "shape")])[0]
+    cols = e.emit("Reshape", [cols, _int64(e, [0, g, cg * len(columns), positions], "shape")])[0]
+    dyg = e.emit("Reshape", [dy, _int64(e, [0, g, o // g, positions], "shape")])[0]
     dyt = e.emit("Transpose", [dyg], perm=[0, 1, 3, 2])[0]  # [N, g, P, Og]
     per_sample = e.emit("MatMul", [cols, dyt])[0]  # [N, g, Cg*K, Og]
-    total = e.emit("ReduceSum", [per_sample, e.const(np.array([0], np.int64), "axes")], keepdims=0)[0]
+    total = e.emit("ReduceSum", [per_sample, _int64(e, [0], "axes")], keepdims=0)[0]
     total = e.emit("Transpose", [total], perm=[0, 2, 1])[0]  # [g, Og, Cg*K]
-    return e.emit("Reshape", [total, e.const(np.array(w_shape, np.int64), "shape")])
+    return e.emit("Reshape", [total, _int64(e, list(w_shape), "shape")])
 
 
 register(
@@ -502,7 +560,9 @@ def _tiled_pool(x_t: TensorType, a: dict[str, Any]) -> tuple[tuple[int, ...], tu
     if not all(isinstance(d, int) for d in spatial) or tuple(a["strides"] or ()) != kernel:
         return None
     sizes = tuple(int(d) for d in spatial)  # type: ignore[arg-type]
-    if any(pb or pe for pb, pe in conv_pads(sizes, kernel, a)):
+    if any(pb or pe for pb, pe in conv_pads(sizes, kernel, a)) or any(
+        n < k for n, k in zip(sizes, kernel, strict=True)
+    ):
         return None
     return sizes, tuple(n // k for n, k in zip(sizes, kernel, strict=True))
 
@@ -515,59 +575,62 @@ def _max_pool_grad_tiled(
     spatial: tuple[int, ...],
     out: tuple[int, ...],
 ) -> list[str]:
-    # Windows tile x: x[:, o*k + kk] for one offset kk is a strided slice shaped like y. The first
-    # maximum of a window (row-major offsets) is the first offset where the slice equals
-    # y = max_pool(x) (onnxruntime merges this MaxPool with the forward one); each offset's share
-    # of dy is laid back at its place by interleaving [N, o1, k1, o2, k2, ..., C] and reshaping.
-    # The work runs channels-last: slices and interleaving then move C contiguous values at a
-    # time instead of single ones (onnxruntime cancels the transposes against its neighbours').
+    # Windows tile x. Row-major, the first maximum of a window is at the first offset t whose
+    # "prefix box" (offsets 0..t_i along every axis, anchored at the window's origin) holds the
+    # window's maximum: every earlier offset's box lies in the rows (planes) before t's or left of
+    # t in t's row, where no maximum is. Each box maximum is a MaxPool with the box as kernel and
+    # the window as stride (MLAS kernels, reading x once each); y = max_pool(x) is the forward's
+    # (onnxruntime merges the two). The first hit gives each window's flat offset into x, and
+    # MaxUnpool lays dy at those places, zeros elsewhere (rows past the last window included).
     x, dy = ins
-    dtype = types[0].dtype
     kernel = tuple(a["kernel"])
     nd = len(kernel)
-    last = [0, *range(2, 2 + nd), 1]
+    flat = [int(np.prod(spatial[i + 1 :])) for i in range(nd)]  # x's spatial strides, in elements
+    size = int(np.prod(spatial))
+    # Offsets below 2**24 are exact in float32, whose Where is cheaper than int64's.
+    off_dtype = np.float32 if size < 2**24 else np.int64
     y = e.emit("MaxPool", [x], **_pool_attrs(a))[0]
-    x_l, y_l, dy_l = (e.emit("Transpose", [v], perm=last)[0] for v in (x, y, dy))
-    zero = e.const(np.zeros((), dtype), "zero")
-    axes = e.const(np.arange(1, 1 + nd, dtype=np.int64), "axes")
-    steps = e.const(np.array(kernel, np.int64), "steps")
-    widen = e.const(np.arange(2, 2 + 2 * nd, 2, dtype=np.int64), "axes")  # a unit axis after each o_i
+    axes = e.const(np.arange(2, 2 + nd, dtype=np.int64), "axes")
     offsets = list(itertools.product(*(range(k) for k in kernel)))
-    taken: str | None = None
-    parts: dict[tuple[int, ...], str] = {}
-    for i, kk in enumerate(offsets):
-        ends = [k + s * (o - 1) + 1 for k, s, o in zip(kk, kernel, out, strict=True)]
-        starts_c, ends_c = e.const(np.array(kk, np.int64), "starts"), e.const(np.array(ends, np.int64), "ends")
-        cut = e.emit("Slice", [x_l, starts_c, ends_c, axes, steps])[0]
-        hit = e.emit("Equal", [cut, y_l])[0]
-        if taken is not None:
-            first = e.emit("And", [hit, e.emit("Not", [taken])[0]])[0]
-            taken = e.emit("Or", [taken, hit])[0] if i + 1 < len(offsets) else taken
-            hit = first
-        else:
-            taken = hit
-        share = e.emit("Where", [hit, dy_l, zero])[0]
-        parts[kk] = e.emit("Unsqueeze", [share, widen])[0]  # [N, o1, 1, o2, 1, ..., C]
 
-    def assemble(prefix: tuple[int, ...]) -> str:
-        d = len(prefix)
-        if d == nd:
-            return parts[prefix]
-        pieces = [assemble((*prefix, j)) for j in range(kernel[d])]
-        return e.emit("Concat", pieces, axis=2 + 2 * d)[0] if len(pieces) > 1 else pieces[0]
+    def flat_offset(t: tuple[int, ...]) -> str:
+        return e.const(np.array(sum(ti * f for ti, f in zip(t, flat, strict=True)), off_dtype), "offset")
 
-    tiles = assemble(())
-    covered = [o * k for o, k in zip(out, kernel, strict=True)]
-    dx = e.emit("Reshape", [tiles, e.const(np.array([0, *covered, -1], np.int64), "shape")])[0]
-    if tuple(covered) != spatial:  # rows/columns no window reads get a zero gradient
-        pads = [0] * (nd + 2) + [0] + [n - c for n, c in zip(spatial, covered, strict=True)] + [0]
-        dx = e.emit("Pad", [dx, e.const(np.array(pads, np.int64), "pads")])[0]
-    return e.emit("Transpose", [dx], perm=[0, nd + 1, *range(1, nd + 1)])
+    chosen = flat_offset(offsets[-1])  # no earlier box hit: the last offset
+    for t in reversed(offsets[:-1]):
+        box = [ti + 1 for ti in t]
+        boxed = e.emit("MaxPool", [x], kernel_shape=box, strides=list(kernel))[0]
+        sizes = [(n - b) // k + 1 for n, b, k in zip(spatial, box, kernel, strict=True)]
+        if tuple(sizes) != out:  # a smaller box fits one more window where x has leftover rows
+            zeros = e.const(np.zeros(nd, np.int64), "starts")
+            boxed = e.emit("Slice", [boxed, zeros, e.const(np.array(out, np.int64), "ends"), axes])[0]
+        hit = e.emit("Equal", [boxed, y])[0]
+        chosen = e.emit("Where", [hit, flat_offset(t), chosen])[0]
+    # Flat index into x: window origin + chosen offset + (n*C + c) * size.
+    origins = np.zeros(out, np.int64)
+    for i, (o, k, f) in enumerate(zip(out, kernel, flat, strict=True)):
+        origins = origins + (np.arange(o, dtype=np.int64) * k * f).reshape((o,) + (1,) * (nd - 1 - i))
+    within = e.emit("Add", [chosen, e.const(origins.astype(off_dtype), "origins")])[0]
+    if off_dtype != np.int64:
+        within = e.emit("Cast", [within], to=_onnx_type("int64"))[0]
+    # N and C come from dy: a Shape or Size of x would keep onnxruntime from leaving x in its
+    # blocked (NCHWc) layout between the convolution and the max pools that read it.
+    lead = e.emit("Shape", [dy], end=2)[0]
+    planes_n = e.emit("Div", [e.emit("Size", [dy])[0], e.const(np.array(int(np.prod(out)), np.int64), "window_count")])[
+        0
+    ]
+    one = e.const(np.array(1, np.int64), "one")
+    planes = e.emit("Range", [e.const(np.array(0, np.int64), "zero"), planes_n, one])[0]  # n*C + c
+    planes = e.emit("Mul", [planes, e.const(np.array(size, np.int64), "size")])[0]
+    planes = e.emit("Reshape", [planes, e.emit("Concat", [lead, e.const(np.ones(nd, np.int64), "ones")], axis=0)[0]])[0]
+    index = e.emit("Add", [within, planes])[0]
+    x_shape = e.emit("Concat", [lead, e.const(np.array(spatial, np.int64), "spatial")], axis=0)[0]
+    return e.emit("MaxUnpool", [dy, index, x_shape], kernel_shape=list(kernel), strides=list(kernel))
 
 
 def _max_pool_grad_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], types: list[TensorType]) -> list[str]:
     tiled = _tiled_pool(types[0], a)
-    if tiled is not None:
+    if tiled is not None and types[0].dtype == "float32":  # onnxruntime's MaxUnpool is float32 only
         return _max_pool_grad_tiled(e, ins, a, types, *tiled)
     x, dy = ins
     _, indices = e.emit("MaxPool", [x], n_out=2, **_pool_attrs(a))  # flat indices into x (N, C included)
