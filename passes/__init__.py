@@ -5,13 +5,14 @@ from .cleanup import DeadCodeEliminationPass
 from .folding import ConstantFoldingPass, CSEPass
 from .fusion import FUSION, FusionPass
 from .input_layout import ChannelsFirstInputsPass
-from .layout import LAYOUT, LayoutPass
+from .layout import BOUNDARY, LAYOUT, LayoutPass
 from .learning_phase import FoldLearningPhasePass
 from .pipeline import LEVELS, PASSES, make_pass, pipeline
 from .rewrite import Constants, P, Rule, RuleSet, V, apply_rules
 from .simplify import SIMPLIFY, SimplifyPass
 
 __all__ = [
+    "BOUNDARY",
     "FUSION",
     "LAYOUT",
     "LEVELS",

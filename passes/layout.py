@@ -13,7 +13,15 @@ that do not care about layout, until pairs meet and cancel (`simplify`'s merge-t
     matmul(flatten(transpose(x, p)), W)        -> matmul(flatten(x), W')    W' = W's rows in x's order
 
 A conv net ends with one transpose at its input (none with `--input-layout NCHW`) and none
-inside; a Flatten + Dense head absorbs the last one into the Dense kernel.
+inside; a Flatten + Dense head absorbs the last one into the Dense kernel. Once no pair is left,
+BOUNDARY removes what remains at the input where it can:
+
+    transpose(x, p), p moving only unit axes   -> reshape(x)            (the same bytes)
+    conv(transpose(x, to channels-first), w)   -> conv(reshape(x, [N, 1, ..., W*C]), w')   C <= 4
+
+The second reads a channels-last image as one channel whose rows hold each pixel's C values side
+by side: the kernel w'[o, 0, .., kw*C + c] = w[o, c, .., kw] with the last stride and padding
+scaled by C computes the same sums. A network's first convolution (RGB) then needs no transpose.
 
 `TrainingLayoutPass` runs the same rules on a forward graph about to be differentiated, where
 weights are values (TRAINING_LAYOUT adds: a bias or batch statistic follows the transpose as a
@@ -235,6 +243,102 @@ def _first_input_transposed(m: Match) -> str | None:
     return None
 
 
+def _unit_moves_only(perm: tuple[int, ...], shape: tuple[object, ...]) -> bool:
+    """transpose(x, perm) keeps the order of x's axes that are not 1, so it is a reshape."""
+    moved = [p for p in perm if shape[p] != 1]
+    return moved == sorted(moved)
+
+
+def _reshape_target(out: tuple[object, ...]) -> tuple[int, ...] | None:
+    """Reshape attrs giving `out`: static dims as they are, at most one symbolic dim as -1."""
+    symbolic = [i for i, d in enumerate(out) if not isinstance(d, int)]
+    if len(symbolic) > 1:
+        return None
+    return tuple(-1 if i in symbolic else int(d) for i, d in enumerate(out))  # type: ignore[call-overload]
+
+
+def _transpose_as_reshape_check(m: Match) -> str | None:
+    x = m["x"]
+    if not _unit_moves_only(m.root.attrs["perm"], x.type.shape):
+        return "the permutation reorders axes that are not 1"
+    if _reshape_target(m.root.outputs[0].type.shape) is None:
+        return "more than one dimension is symbolic"
+    return None
+
+
+def _transpose_as_reshape(m: Match, b: Builder) -> Value:
+    shape = _reshape_target(m.root.outputs[0].type.shape)
+    assert shape is not None
+    return b.op("reshape", [m["x"]], shape=shape)
+
+
+_MAX_FOLDED_CHANNELS = 4  # more channels: onnxruntime's blocked conv reads them through a fused reorder
+
+
+def _channels_into_conv_check(m: Match) -> str | None:
+    reason = _first_input_transposed(m)
+    if reason:
+        return reason
+    m.inner.append(m.node("t"))  # a near miss from here on: explained under --explain-rewrites
+    x, perm, a = m["x"], m.node("t").attrs["perm"], m.root.attrs
+    r = x.type.rank
+    if perm != (0, r - 1, *range(1, r - 1)):
+        return "the transpose is not channels-last to channels-first"
+    m.values["w"] = m.root.inputs[1]
+    if m.const("w") is None:
+        return "the kernel is not a constant"
+    dims = x.type.shape[1:]
+    if not all(isinstance(d, int) for d in dims):
+        return "the spatial sizes or the channels are not static"
+    if a["group"] != 1:
+        return "a grouped convolution"
+    if (a["dilations"] or (1,))[-1] != 1:
+        return "the last spatial axis is dilated"
+    if int(dims[-1]) > _MAX_FOLDED_CHANNELS:  # type: ignore[arg-type]
+        return f"{dims[-1]} channels (folding pays off up to {_MAX_FOLDED_CHANNELS})"
+    return None
+
+
+def _channels_into_conv(m: Match, b: Builder) -> Value:
+    from kcompile.ops.nn import conv_pads
+
+    x, a = m["x"], m.root.attrs
+    w = m.const("w")
+    assert w is not None
+    *spatial, c = (int(d) for d in x.type.shape[1:])  # type: ignore[arg-type]
+    nd = len(spatial)
+    kernel = tuple(int(k) for k in w.shape[2:])
+    pads = conv_pads(tuple(spatial), kernel, a)
+    strides = list(a["strides"] or (1,) * nd)
+    strides[-1] *= c
+    begins = [pb for pb, _ in pads[:-1]] + [pads[-1][0] * c]
+    ends = [pe for _, pe in pads[:-1]] + [pads[-1][1] * c]
+    wide = np.moveaxis(w, 1, -1).reshape(w.shape[0], 1, *kernel[:-1], kernel[-1] * c)
+    flat = b.op("reshape", [x], shape=(0, 1, *spatial[:-1], spatial[-1] * c))
+    attrs = {**a, "strides": tuple(strides), "pads": (*begins, *ends), "auto_pad": "NOTSET"}
+    return b.op("conv", [flat, new_const(b, np.ascontiguousarray(wide), m["w"]), *m.root.inputs[2:]], **attrs)
+
+
+BOUNDARY = RuleSet(
+    "boundary",
+    [
+        Rule(
+            "fold-channels-into-conv",
+            P("conv", any_inputs=True),
+            _channels_into_conv,
+            check=_channels_into_conv_check,
+        ),
+        Rule(
+            "transpose-as-reshape",
+            P(T, V("x")),
+            _transpose_as_reshape,
+            check=_transpose_as_reshape_check,
+            allow_shared=True,
+        ),
+    ],
+)
+
+
 class LayoutPass(Pass):
     name = "layout"
 
@@ -244,8 +348,14 @@ class LayoutPass(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         stats = apply_rules(graph, (LAYOUT, SIMPLIFY), self.consts)
-        self.explanations = [str(e) for e in stats.explanations if e.rule in {r.name for r in LAYOUT.rules}]
-        return PassResult(graph, stats.total > 0, dict(stats.applied))
+        # Only once the transposes that cancel have met: BOUNDARY's reshapes no longer move.
+        boundary = apply_rules(graph, (BOUNDARY,), self.consts)
+        named = {r.name for r in (*LAYOUT.rules, *BOUNDARY.rules)}
+        self.explanations = [str(e) for e in (*stats.explanations, *boundary.explanations) if e.rule in named]
+        applied = dict(stats.applied)
+        for rule, n in boundary.applied.items():
+            applied[rule] = applied.get(rule, 0) + n
+        return PassResult(graph, stats.total + boundary.total > 0, applied)
 
 
 # Training: weights are values that change every step, not constants. A broadcast operand that is

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from kcompile.passes import FUSION, LAYOUT, SIMPLIFY, PassManager
+from kcompile.passes import BOUNDARY, FUSION, LAYOUT, SIMPLIFY, PassManager
 
 import kcompile as kc
 from kcompile import layers
@@ -101,6 +101,15 @@ def normalized_mlp() -> kc.Model:
     return kc.Model(x, h)
 
 
+def boundary() -> kc.Model:
+    """What BOUNDARY leaves at the inputs: a Conv1D over 2 channels (strided, 'same'), and a
+    Permute that only moves a unit axis."""
+    x = kc.Input(shape=(11, 2), name="x")
+    h = layers.Conv1D(4, 3, strides=2, padding="same", activation="relu")(x)
+    y = kc.Input(shape=(5, 1), name="y")
+    return kc.Model([x, y], [h, layers.Activation("tanh")(layers.Permute((2, 1))(y))])
+
+
 MODELS: dict[str, Builder] = {
     "conv_bn_relu": conv_bn_relu,
     "residual": residual,
@@ -110,6 +119,7 @@ MODELS: dict[str, Builder] = {
     "replicated": replicated,
     "decoder": decoder,
     "normalized_mlp": normalized_mlp,
+    "boundary": boundary,
 }
 
 
@@ -154,7 +164,8 @@ def test_conv_net_keeps_one_transpose_at_the_input() -> None:
     before = op_types(kc.compile(model, level=0).onnx_model)
     after = op_types(kc.compile(model, level=2).onnx_model)
     assert before.count("Transpose") >= 8 and before.count("Mul") >= 1
-    assert after.count("Transpose") == 1 and after[0] == "Transpose"
+    # The one left at the input folds into the first conv (3 channels): a reshape, no transpose.
+    assert "Transpose" not in after and after[0] == "Reshape"
     assert "BatchNormalization" not in after and "Mul" not in after and "Add" not in after
     assert after.count("Conv") == 2 and after.count("Gemm") == 1
     assert len(after) < len(before) / 2
@@ -173,15 +184,41 @@ def test_nchw_input_layout_needs_no_transpose() -> None:
 def test_residual_and_concat_layout_and_pooling() -> None:
     model = randomize(residual())
     after = op_types(kc.compile(model, level=2).onnx_model)
-    assert after.count("Transpose") == 1  # the input's; the two outputs are channel vectors
+    # The input's transpose folds into the first conv (4 channels); the outputs are channel vectors.
+    assert "Transpose" not in after and after[0] == "Reshape"
     assert after.count("Concat") == 1 and after.count("GlobalAveragePool") == 1 and after.count("GlobalMaxPool") == 1
 
 
 def test_mobile_block_has_no_transpose_inside() -> None:
     after = op_types(kc.compile(randomize(mobile_block()), level=2).onnx_model)
-    assert after.count("Transpose") == 1 and after[0] == "Transpose"
+    assert "Transpose" not in after and after[0] == "Reshape"  # 4 input channels fold into the conv
     assert after.count("Conv") == 4 and "Mul" not in after and "BatchNormalization" not in after
     assert "Pad" not in after  # the ZeroPadding lives in the depthwise conv's pads
+
+
+def test_boundary_transposes_become_reshapes() -> None:
+    model = randomize(boundary())
+    proto = kc.compile(model, level=2).onnx_model
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    fold = producer[conv.input[0]]
+    assert fold.op_type == "Reshape" and fold.input[0] == "x"  # the conv reads x's bytes as they are
+    assert [a.ints for a in conv.attribute if a.name == "strides"] == [[4]]  # stride 2 x 2 channels
+    # Only the channels-last output of the conv is transposed; the Permute became a reshape.
+    assert op_types(proto).count("Transpose") == 1
+    assert producer[proto.graph.output[1].name].op_type in {"Reshape", "Tanh"}
+
+
+def test_wide_or_dilated_inputs_keep_their_transpose() -> None:
+    for channels, dilation in ((8, 1), (3, 2)):
+        x = kc.Input(shape=(9, 9, channels), name="x")
+        model = randomize(kc.Model(x, layers.Conv2D(4, 3, dilation_rate=dilation)(x)))
+        pm = PassManager([])
+        after = op_types(kc.compile(model, level=2, manager=pm).onnx_model)
+        assert after[0] == "Transpose"
+        reasons = "\n".join(pm.explanations())
+        assert "fold-channels-into-conv did not apply" in reasons
+        assert ("8 channels" if channels == 8 else "dilated") in reasons
 
 
 def test_mlp_bn_folds_into_gemm() -> None:
@@ -259,7 +296,7 @@ def left_const_model() -> kc.Model:
 def test_fusion_scale_and_shift_into_conv_and_gemm() -> None:
     model = randomize(fusion_model())
     ops = [n.op for n in kc.optimize(model.to_graph(), level=2).nodes]
-    assert ops == ["transpose", "conv", "reshape", "gemm"]
+    assert ops == ["reshape", "conv", "reshape", "gemm"]  # the input transpose folds into the conv
     check_same(model, ["simplify", "constant-folding", "layout", "constant-folding", "fusion", "dce"])
     model2 = randomize(dense_scale_model())
     assert [n.op for n in kc.optimize(model2.to_graph(), level=2).nodes] == ["matmul"]
@@ -269,7 +306,8 @@ def test_fusion_scale_and_shift_into_conv_and_gemm() -> None:
 def test_layout_const_on_the_left() -> None:
     model = randomize(left_const_model())
     ops = [n.op for n in kc.optimize(model.to_graph(), level=2).nodes]
-    assert ops.count("transpose") == 2  # in and out of the channels-first region
+    # Out of the channels-first region; the way in (2 channels) folds into the conv.
+    assert ops.count("transpose") == 1 and ops[0] == "reshape"
     check_same(model, ["constant-folding", "layout", "constant-folding", "fusion", "dce"])
 
 
@@ -342,7 +380,7 @@ def test_every_rule_fires_somewhere() -> None:
         kc.optimize(graph, level=2, manager=pm)
         for record in pm.records:
             fired.update(record.stats)
-    rules = {r.name for rs in (SIMPLIFY, LAYOUT, FUSION) for r in rs.rules}
+    rules = {r.name for rs in (SIMPLIFY, LAYOUT, BOUNDARY, FUSION) for r in rs.rules}
     assert rules - fired == set()
 
 
