@@ -347,15 +347,11 @@ class LayoutPass(Pass):
         self.explanations: list[str] = []
 
     def run(self, graph: Graph) -> PassResult:
-        stats = apply_rules(graph, (LAYOUT, SIMPLIFY), self.consts)
-        # Only once the transposes that cancel have met: BOUNDARY's reshapes no longer move.
-        boundary = apply_rules(graph, (BOUNDARY,), self.consts)
+        # BOUNDARY only once the transposes that cancel have met: its reshapes no longer move.
+        stats = apply_rules(graph, (LAYOUT, SIMPLIFY), self.consts).then(apply_rules(graph, (BOUNDARY,), self.consts))
         named = {r.name for r in (*LAYOUT.rules, *BOUNDARY.rules)}
-        self.explanations = [str(e) for e in (*stats.explanations, *boundary.explanations) if e.rule in named]
-        applied = dict(stats.applied)
-        for rule, n in boundary.applied.items():
-            applied[rule] = applied.get(rule, 0) + n
-        return PassResult(graph, stats.total + boundary.total > 0, applied)
+        self.explanations = [str(e) for e in stats.explanations if e.rule in named]
+        return PassResult(graph, stats.total > 0, dict(stats.applied))
 
 
 # Training: weights are values that change every step, not constants. A broadcast operand that is
@@ -427,4 +423,5 @@ class TrainingLayoutPass(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         stats = apply_rules(graph, (LAYOUT, TRAINING_LAYOUT, SIMPLIFY), self.consts)
+        stats = stats.then(apply_rules(graph, (BOUNDARY,), self.consts))  # kernels are values: reshapes only
         return PassResult(graph, stats.total > 0, dict(stats.applied))

@@ -162,6 +162,13 @@ class RewriteStats:
     def total(self) -> int:
         return sum(self.applied.values())
 
+    def then(self, later: RewriteStats) -> RewriteStats:
+        """The stats of this rewrite followed by `later` on the same graph."""
+        applied = dict(self.applied)
+        for rule, n in later.applied.items():
+            applied[rule] = applied.get(rule, 0) + n
+        return RewriteStats(applied, [*self.explanations, *later.explanations], self.sweeps + later.sweeps)
+
 
 def _node_label(node: Node) -> str:
     where = f" ({node.loc})" if node.loc else ""
