@@ -53,7 +53,6 @@ _DROP_SUFFIXES = ("_initializer", "_constraint")
 _DROP = {"name", "trainable", "dtype", "unroll", "implementation", "use_cudnn", "flash_attention", "build_config"}
 # Keys a kcompile layer may not take, accepted when they hold the value that changes nothing.
 _NO_EFFECT: dict[str, Any] = {
-    "activity_regularizer": None,
     "quantization_config": None,
     "lora_rank": None,
     "lora_alpha": None,

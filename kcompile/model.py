@@ -17,7 +17,16 @@ from .errors import ModelError
 from .ir.builder import Builder
 from .ir.graph import Graph, Param, Value
 from .ir.types import TensorType
-from .layers.base import InputLayer, KTensor, Layer, LayerCall, flatten_tensors, name_scope, unique_name
+from .layers.base import (
+    InputLayer,
+    KTensor,
+    Layer,
+    LayerCall,
+    flatten_tensors,
+    name_scope,
+    note_call_outputs,
+    unique_name,
+)
 from .training.mixin import TrainingMixin
 
 
@@ -211,6 +220,7 @@ class Model(TrainingMixin, Layer):
             ins = [env[id(t)] for t in call.inputs]
             with b.device(call.device), b.loc(call.loc), b.scope(call.scope):
                 outs = call.layer.emit(b, ins, call.kwargs)
+            note_call_outputs(call.layer, outs)
             for t, v in zip(call.outputs, outs, strict=True):
                 env[id(t)] = v
         return [env[id(t)] for t in self._outputs]

@@ -8,9 +8,10 @@ The archive has Keras' three members, laid out as Keras writes them (see `keras_
   compiled, `compile_config` holds the optimizer, loss, loss weights and metrics.
 - `model.weights.h5`: `layers/<snake_case class name, made unique>/vars/<i>` in `model.layers`
   order, each `vars` group named after its object; a layer's sub-objects (an RNN's cell, the two
-  directions of a Bidirectional) are child groups named as Keras' attributes. When the model has
-  been compiled, `optimizer/vars` holds the iteration count, the learning rate and every slot, so
-  that `kc.load` resumes training exactly where it stopped.
+  directions of a Bidirectional, the layer or model a TimeDistributed wraps) are child groups
+  named as Keras' attributes. When the model has been compiled, `optimizer/vars` holds the
+  iteration count, the learning rate and every slot in the order Keras' optimizer creates its
+  variables, so that both Keras and `kc.load` resume training exactly where it stopped.
 - `metadata.json`: the format version and the writer.
 The file is written atomically: an interrupted save leaves the previous file intact.
 """
@@ -54,7 +55,16 @@ _CHILD_ATTR = {
     "key": "key_dense",
     "value": "value_dense",
     "attention_output": "output_dense",
+    "gate": "_gate_dense",  # a private attribute: Keras walks it after the public ones
 }
+# Optimizers whose Keras `build` creates their first slot kinds in one `add_optimizer_variables`
+# call, which interleaves them per weight; any other kind is a block of its own.
+_INTERLEAVED = {"Adam": 2, "AdamW": 2}
+# Arguments Keras' `from_config` reads although they have defaults (kcompile's configs hold only
+# the arguments given), with those defaults.
+_KERAS_NEEDS: dict[str, dict[str, Any]] = {"Rescaling": {"offset": 0.0}}
+# Layers whose Keras constructor takes no `trainable` (their get_config leaves it out).
+_NO_TRAINABLE = {"SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D"}
 
 
 def save_model(model: Model, path: str | os.PathLike[str], overwrite: bool = True) -> None:
@@ -126,7 +136,16 @@ def _json_value(value: Any, where: str) -> Any:
 
 
 def layer_config(layer: Layer) -> dict[str, Any]:
-    config = {**layer.get_config(), "name": layer.name, "trainable": layer.trainable, "dtype": layer.dtype}
+    cls = type(layer).__name__
+    config = {
+        **_KERAS_NEEDS.get(cls, {}),
+        **layer.get_config(),
+        "name": layer.name,
+        "trainable": layer.trainable,
+        "dtype": layer.dtype,
+    }
+    if cls in _NO_TRAINABLE:
+        del config["trainable"]
     return {k: _json_value(v, f"layer '{layer.name}'") for k, v in config.items()}
 
 
@@ -210,7 +229,9 @@ def model_config(model: Model) -> dict[str, Any]:
         "name": model.name,
         "trainable": model.trainable,
         "layers": entries,
-        "input_layers": ends(model.inputs),
+        # One input is written bare, as Keras does for `Model(x, y)`: a list makes Keras expect a
+        # list of arrays and warn when given one array.
+        "input_layers": ends(model.inputs) if len(model.inputs) != 1 else ends(model.inputs)[0],
         "output_layers": ends(model.outputs) if not model._single_output else ends(model.outputs)[0],
     }
 
@@ -276,11 +297,15 @@ def compile_config(model: Model) -> dict[str, Any] | None:
             return {"module": "keras", "class_name": type(v).__name__, "config": get_config(), "registered_name": None}
         raise ModelError(f"cannot save the compile() argument {v!r}: give losses and metrics by name")
 
+    opt_config = opt.get_config()
+    lr = opt_config.get("learning_rate")
+    if isinstance(lr, dict):  # a schedule: Keras finds its class only with the module named
+        opt_config["learning_rate"] = {"module": "keras.optimizers.schedules", **lr, "registered_name": None}
     return {
         "optimizer": {
             "module": "keras.optimizers",
             "class_name": type(opt).__name__,
-            "config": opt.get_config(),
+            "config": opt_config,
             "registered_name": None,
         },
         "loss": plain(spec["loss"]),
@@ -302,23 +327,34 @@ def write_weights(model: Model, f: Any) -> None:
 
 
 def _write_container(model: Model, group: Any, visited: set[int]) -> None:
-    from .model import Model as ModelType
-
     used: dict[str, int] = {}
     for layer in model.layers:
         name = _unique(snake_case(type(layer).__name__), used)
-        if id(layer) in visited:
+        if id(layer) in visited:  # a layer shared with an enclosing model: saved once, where first met
             continue
         visited.add(id(layer))
-        sub = group.create_group(name)
-        sub.create_group("vars").attrs["name"] = layer.name
-        if isinstance(layer, ModelType):
-            _write_container(layer, sub.create_group("layers"), visited)
-            continue
-        _write_layer(layer, sub)
+        _write_object(layer, group.create_group(name), visited)
 
 
-def _write_layer(layer: Layer, group: Any) -> None:
+def _write_object(layer: Layer, group: Any, visited: set[int]) -> None:
+    """A layer's `vars` group and its children, where Keras' attribute walk puts them: a model's
+    layers under `layers/`, the layer a TimeDistributed wraps under `layer/` (a model there keeps
+    its own `layers/`), anything else by the owner path of its Params."""
+    from .layers.wrappers import TimeDistributed
+    from .model import Model as ModelType
+
+    group.create_group("vars").attrs["name"] = layer.name
+    if isinstance(layer, ModelType):
+        _write_container(layer, group.create_group("layers"), visited)
+    elif isinstance(layer, TimeDistributed):
+        if id(layer.layer) not in visited:  # a wrapped layer also used elsewhere is saved once, as Keras does
+            visited.add(id(layer.layer))
+            _write_object(layer.layer, group.create_group("layer"), visited)
+    else:
+        _write_params(layer, group)
+
+
+def _write_params(layer: Layer, group: Any) -> None:
     """A layer's Params into `vars` groups by owner path (`bidirectional/forward_gru/gru_cell`)."""
     children: dict[tuple[str, ...], Any] = {(): group}
     counts: dict[tuple[str, ...], int] = {}
@@ -347,7 +383,14 @@ def _direction(name: str) -> str:
 
 
 def write_optimizer(model: Model, f: Any) -> None:
-    """Iterations, learning rate, then every slot (per trainable weight, in `weights` order)."""
+    """`optimizer/vars` in Keras' order: iterations, the learning rate (absent with a schedule, as
+    Keras has no variable for it then), then the slots of the trainable weights as Keras' `build`
+    creates them: the first `_INTERLEAVED` slot kinds per weight in turn (Adam's m and v), each
+    further kind as one block over the weights (Adam's vhat; RMSprop's velocity, momentum and
+    average gradient). A weight without slots yet (compiled, never trained) gets fresh ones, so
+    Keras finds as many variables as it built. `kcompile_slots` names each slot for `kc.load`."""
+    from .training.optimizers import LearningRateSchedule
+
     opt = getattr(model, "optimizer", None)
     if opt is None:
         return
@@ -356,16 +399,20 @@ def write_optimizer(model: Model, f: Any) -> None:
     group = f.create_group("optimizer")
     vars_group = group.create_group("vars")
     vars_group.attrs["name"] = type(opt).__name__.lower()
-    vars_group.create_dataset("0", data=np.asarray(opt.iterations, np.int64))
-    vars_group.create_dataset("1", data=np.asarray(opt.current_learning_rate(), np.float32))
-    slots: list[list[Any]] = []
-    i = 2
-    for weight in model.weights:
-        for j, value in enumerate(opt.variables.get(weight.name, [])):
-            vars_group.create_dataset(str(i), data=value)
-            slots.append([weight.name, j])
-            i += 1
-    vars_group.attrs["kcompile_slots"] = json.dumps(slots)
+    arrays = [np.asarray(opt.iterations, np.int64)]
+    if not isinstance(opt.learning_rate, LearningRateSchedule):
+        arrays.append(np.asarray(opt.current_learning_rate(), np.float32))
+    first_slot = len(arrays)
+    kinds = opt.slots()
+    trainable = [w for w in model.weights if w.trainable]
+    values = {w.name: opt.variables.get(w.name) or [init(tuple(w.data.shape)) for _, init in kinds] for w in trainable}
+    together = min(_INTERLEAVED.get(type(opt).__name__, 1), len(kinds))
+    order = [(w.name, k) for w in trainable for k in range(together)]
+    order += [(w.name, k) for k in range(together, len(kinds)) for w in trainable]
+    arrays += [values[name][k] for name, k in order]
+    for i, value in enumerate(arrays):
+        vars_group.create_dataset(str(i), data=value)
+    vars_group.attrs["kcompile_slots"] = json.dumps({"first": first_slot, "slots": [list(o) for o in order]})
 
 
 def restore_optimizer(model: Model, h5: Any) -> None:
@@ -375,10 +422,13 @@ def restore_optimizer(model: Model, h5: Any) -> None:
         return
     vars_group = h5["optimizer/vars"]
     opt.iterations = int(np.asarray(vars_group["0"]))
-    variables: dict[str, list[np.ndarray]] = {}
-    for i, (weight, _) in enumerate(json.loads(vars_group.attrs["kcompile_slots"])):
-        variables.setdefault(weight, []).append(np.asarray(vars_group[str(i + 2)]))
-    opt.variables = variables
+    written = json.loads(vars_group.attrs["kcompile_slots"])
+    if isinstance(written, list):  # a plain list of (weight, kind): its slots start at index 2
+        written = {"first": 2, "slots": written}
+    slots: dict[str, dict[int, np.ndarray]] = {}
+    for i, (weight, kind) in enumerate(written["slots"]):
+        slots.setdefault(weight, {})[int(kind)] = np.asarray(vars_group[str(i + written["first"])])
+    opt.variables = {weight: [by_kind[k] for k in sorted(by_kind)] for weight, by_kind in slots.items()}
 
 
 __all__ = ["compile_config", "layer_config", "layer_entry", "model_config", "restore_optimizer", "save_model"]

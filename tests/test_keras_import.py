@@ -174,6 +174,26 @@ def test_unsupported_option_is_named(tmp_path: Any) -> None:
     assert "lora_rank=4" in msg and "'dense'" in msg
 
 
+def test_activity_regularizer_is_imported_and_leaves_inference_alone(tmp_path: Any) -> None:
+    """Keras' serialized activity_regularizer is parsed (the training loss uses it; see
+    tests/test_activity_regularizers.py); the outputs stay Keras' outputs."""
+    reg = {"module": "keras.regularizers", "class_name": "L1L2", "config": {"l1": 0.5, "l2": 0.25}}
+
+    def edit(config: dict[str, Any]) -> None:
+        first_dense(config)["config"]["activity_regularizer"] = reg
+
+    model = kc.load(rewrite(tmp_path, "mlp_sequential", edit, "activity.keras"))
+    dense = next(layer for layer in model.layers if isinstance(layer, kc.layers.Dense))
+    assert (dense.activity_regularizer.l1, dense.activity_regularizer.l2) == (0.5, 0.25)
+    for key, feeds, wants in runs("mlp_sequential"):
+        check(kc.compile(model, level=2)(feeds), wants, f"{key}, onnxruntime -O2")
+
+    def bad(config: dict[str, Any]) -> None:
+        first_dense(config)["config"]["activity_regularizer"] = {"class_name": "Orthogonal", "config": {}}
+
+    assert "regularizer" in load_error(rewrite(tmp_path, "mlp_sequential", bad))
+
+
 def test_weight_shape_mismatch_is_reported(tmp_path: Any) -> None:
     def edit(config: dict[str, Any]) -> None:
         first_dense(config)["config"]["units"] = 31

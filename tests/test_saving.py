@@ -3,6 +3,7 @@ optimizer state) survives the round trip; training resumes exactly; writes are a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -96,6 +97,28 @@ def test_sequential_round_trip(tmp_path: Any) -> None:
     loaded = kc.load(path)
     assert type(loaded) is kc.Sequential and [w.name for w in loaded.weights] == [w.name for w in model.weights]
     x = np.random.default_rng(4).standard_normal((3, 5)).astype("float32")
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_time_distributed_weights_round_trip_in_keras_layout(tmp_path: Any) -> None:
+    """A TimeDistributed's wrapped layer (or model) is saved under its `layer` group, as Keras
+    does (tests/test_saved_by_kcompile.py checks Keras reads it); kc.load reads it back."""
+    cnn = kc.Sequential([kc.Input(shape=(5, 5, 2)), L.Conv2D(3, 3), L.GlobalAveragePooling2D()], name="cnn")
+    frames = kc.Input(shape=(4, 5, 5, 2))
+    y = L.TimeDistributed(L.Dense(2))(L.TimeDistributed(cnn)(frames))
+    model = kc.Model(frames, y)
+    randomize(model, np.random.default_rng(7))
+    path = str(tmp_path / "td.keras")
+    model.save(path)
+    import h5py
+
+    with zipfile.ZipFile(path) as zf, h5py.File(io.BytesIO(zf.read("model.weights.h5")), "r") as f:
+        assert f["layers/time_distributed/layer/layers/conv2d/vars/0"].shape == (3, 3, 2, 3)
+        assert f["layers/time_distributed_1/layer/vars/0"].shape == (3, 2)
+    loaded = kc.load(path)
+    for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(8).standard_normal((2, 4, 5, 5, 2)).astype("float32")
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
 
 

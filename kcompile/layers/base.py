@@ -41,6 +41,8 @@ class _Context(threading.local):
         self.devices: list[str] = []
         self.scopes: list[str] = []
         self.loc: SourceLoc | None = None
+        # Set while the training step traces a model: (layer, output values) per replayed call.
+        self.activity: list[tuple[Layer, list[Value]]] | None = None
 
 
 _ctx = _Context()
@@ -84,6 +86,23 @@ def source_location(loc: SourceLoc | None) -> Iterator[None]:
         yield
     finally:
         _ctx.loc = saved
+
+
+@contextmanager
+def tracing_activity() -> Iterator[list[tuple[Layer, list[Value]]]]:
+    """Collect, while active, the output values of every layer call a model replays whose layer
+    has an `activity_regularizer` (Keras' `Layer.__call__` adds the penalty on those outputs)."""
+    saved, _ctx.activity = _ctx.activity, []
+    try:
+        yield _ctx.activity
+    finally:
+        _ctx.activity = saved
+
+
+def note_call_outputs(layer: Layer, outputs: list[Value]) -> None:
+    """Called by a model for each layer call it replays (the calls Keras runs through `__call__`)."""
+    if _ctx.activity is not None and getattr(layer, "activity_regularizer", None) is not None:
+        _ctx.activity.append((layer, outputs))
 
 
 def current_device() -> str | None:
@@ -275,7 +294,12 @@ class Layer:
         return config
 
     def __init__(
-        self, name: str | None = None, trainable: bool = True, dtype: str | None = None, **kwargs: Any
+        self,
+        name: str | None = None,
+        trainable: bool = True,
+        dtype: str | None = None,
+        activity_regularizer: Any = None,
+        **kwargs: Any,
     ) -> None:
         input_shape = kwargs.pop("input_shape", None)
         batch_size = kwargs.pop("batch_size", None)
@@ -287,6 +311,8 @@ class Layer:
         self.name = name or unique_name(snake_case(type(self).__name__))
         self.dtype = check_dtype(dtype) if dtype else "float32"
         self._trainable = trainable
+        # Keras' penalty on this layer's outputs: regularizer(output) / batch, per call, in training.
+        self.activity_regularizer = Layer.regularizer(activity_regularizer)
         self.built = False
         self._weights: list[Param] = []
         self._trainable_created: set[int] = set()

@@ -8,8 +8,9 @@
 - AlphaDropout(rate, noise_shape)(x) = a * (x * keep + alpha_p * (1 - keep)) + b in training,
   keep ~ Bernoulli(1 - rate) of shape noise_shape (None entries: x's size), alpha_p = -selu_alpha *
   selu_scale, a = ((1 - rate) * (1 + rate * alpha_p^2))^-1/2, b = -a * alpha_p * rate.
-- ActivityRegularization(l1, l2)(x) = x. Keras adds (l1 * sum|x| + l2 * sum x^2) / batch to the
-  training loss; kcompile's trainer adds weight penalties only, so this penalty is not applied.
+- ActivityRegularization(l1, l2)(x) = x, with `activity_regularizer=L1L2(l1, l2)`: as in Keras, each
+  call adds (l1 * sum|x| + l2 * sum x^2) / batch to the training and evaluation losses
+  (`training.regularizers.activity_penalties`); the inference graph is the identity.
 
 Each training branch is selected by `phase_select(train, x, learning_phase)`, which the
 learning-phase folding pass replaces by one branch: at phase 0 only x remains. A rate (stddev) of
@@ -31,6 +32,7 @@ from ..ir.graph import Value
 from ..ops import noise as _noise_ops  # noqa: F401  (registers phase_select, random_normal)
 from ..ops import training_ops  # noqa: F401  (registers dropout_mask, compare)
 from ..ops.elementwise import SELU_ALPHA, SELU_SCALE
+from ..training.regularizers import L1L2
 from .base import Layer
 from .conv import _data_format
 
@@ -186,13 +188,16 @@ class AlphaDropout(Layer):
 
 
 class ActivityRegularization(Layer):
-    """The identity; Keras' activity penalty (l1 * sum|x| + l2 * sum x^2) / batch is not added to
-    kcompile's training loss."""
+    """The identity whose calls add Keras' activity penalty (l1 * sum|x| + l2 * sum x^2) / batch to
+    the training and evaluation losses."""
 
     def __init__(self, l1: float = 0.0, l2: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.l1 = _rate("ActivityRegularization", "l1", l1, math.inf, closed=False)
-        self.l2 = _rate("ActivityRegularization", "l2", l2, math.inf, closed=False)
+        if "activity_regularizer" in kwargs:
+            raise ModelError("ActivityRegularization sets its activity_regularizer from l1 and l2; do not pass one")
+        l1 = _rate("ActivityRegularization", "l1", l1, math.inf, closed=False)
+        l2 = _rate("ActivityRegularization", "l2", l2, math.inf, closed=False)
+        super().__init__(activity_regularizer=L1L2(l1=l1, l2=l2), **kwargs)
+        self.l1, self.l2 = l1, l2
 
     def call(self, b: Builder, x: Value, /, **kwargs: Any) -> Value:
         return b.op("identity", [x])

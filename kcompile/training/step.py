@@ -4,9 +4,14 @@ onnxruntime with the weights and optimizer state kept in onnxruntime values betw
 Graph (built by `build_train_graph`):
     inputs : model inputs, targets (`<output>_true`), `lr`, `t` (= iterations + 1, float32),
              then one input per state tensor: every model weight, every optimizer slot
-    outputs: `loss` (the total: weighted losses + regularization), per metric (total, count),
+    outputs: `loss` (the total: weighted losses + activity and weight penalties), per metric (total, count),
              then the new value of every state tensor that the step changes (trainable weights,
              slots, BatchNormalization moving statistics), in `plan.updated` order.
+
+The model's graph is traced with `tracing_activity`, so the layers with an `activity_regularizer`
+hand over their output values; their penalties (`regularizers.activity_penalties`) are built on
+the forward graph at once and kept as extra outputs through the forward passes, then added to the
+loss. The inference graph (`model.to_graph()` outside a step) never holds them.
 
 Before differentiation the forward graph is optimized with the weights kept as values
 (`optimize_forward`): transposes cancelled, so a conv net runs channels-first from its input to
@@ -39,7 +44,7 @@ from ..ir.types import TensorType
 from .losses import Loss
 from .metrics import Metric
 from .optimizers import Optimizer
-from .regularizers import penalties
+from .regularizers import activity_penalties, check_activity_regularizers, penalties
 
 
 @dataclass
@@ -89,8 +94,11 @@ def add_loss_and_metrics(
     loss_weights: list[float],
     metrics: list[list[Metric]],
     regularized: Sequence[tuple[Value, Any]],
+    activity: Sequence[Value] = (),
 ) -> tuple[list[str], Value, list[Value]]:
-    """Target inputs, the total loss, and (total, count) per metric, emitted into b's graph."""
+    """Target inputs, the total loss, and (total, count) per metric, emitted into b's graph. The
+    total is Keras' `compute_loss`: the weighted losses, then the activity penalties (scalars
+    already in the graph), then the weight penalties."""
     targets = [b.input(f"{name}_true", t) for name, t in zip(out_names, y_types, strict=True)]
     terms: list[Value] = []
     for loss, weight, y, p in zip(losses, loss_weights, targets, preds, strict=True):
@@ -100,6 +108,7 @@ def add_loss_and_metrics(
         if weight != 1.0:
             value = b.op("mul", [value, b.constant(np.array(weight, np.float32), "float32")])
         terms.append(value)
+    terms.extend(activity)
     for w, reg in regularized:
         terms.append(reg(b, w))
     if not terms:
@@ -112,6 +121,22 @@ def add_loss_and_metrics(
         for m in ms:
             scalars.extend(m.batch_values(b, y, p))
     return [t.name for t in targets], total, scalars
+
+
+def traced_forward(model: Any) -> tuple[Graph, int]:
+    """The model's graph with its activity penalties appended to the outputs (after the
+    predictions), and the number of predictions."""
+    from kcompile.layers.base import tracing_activity
+
+    check_activity_regularizers([model, *model.layers])
+    with tracing_activity() as traced:
+        graph = model.to_graph()
+    n_out = len(graph.outputs)
+    activity = activity_penalties(Builder(graph), traced)
+    if activity:
+        graph.outputs = [*graph.outputs, *activity]
+        graph.verify()
+    return graph, n_out
 
 
 def optimize_forward(graph: Graph) -> Graph:
@@ -147,22 +172,24 @@ def build_train_graph(
     from kcompile.passes import FoldLearningPhasePass
     from kcompile.passes.autodiff import DecomposeForTrainingPass, gradients
 
-    graph = model.to_graph()
-    n_out = len(graph.outputs)
-    out_names = [v.name for v in graph.outputs]
+    graph, n_out = traced_forward(model)
+    out_names = [v.name for v in graph.outputs[:n_out]]
+    n_forward = len(graph.outputs)
     graph = FoldLearningPhasePass(training=True).run(graph).graph
     decompose = DecomposeForTrainingPass()
     graph = decompose.run(graph).graph
     if optimize:
         graph = optimize_forward(graph)
-        # The passes replace output values in graph.outputs: [*predictions, *moving-statistic updates].
-        decompose.updates = [(p, v) for (p, _), v in zip(decompose.updates, graph.outputs[n_out:], strict=True)]
+        # The passes replace output values in graph.outputs:
+        # [*predictions, *activity penalties, *moving-statistic updates].
+        decompose.updates = [(p, v) for (p, _), v in zip(decompose.updates, graph.outputs[n_forward:], strict=True)]
     preds = graph.outputs[:n_out]
+    activity = graph.outputs[n_out:n_forward]
     b = Builder(graph)
     present = {id(p) for p in graph.params}
     regs = [(w, r) for w, r in penalties(model.layers) if id(w) in present and w.trainable]
     targets, loss, metric_values = add_loss_and_metrics(
-        b, preds, out_names, y_types, losses, loss_weights, metrics, regs
+        b, preds, out_names, y_types, losses, loss_weights, metrics, regs, activity
     )
     trainable = [p for p in graph.params if p.trainable]
     grads = gradients(graph, loss, trainable)
@@ -222,15 +249,16 @@ def build_eval_graph(
 ) -> StepPlan:
     from kcompile.passes import DeadCodeEliminationPass, FoldLearningPhasePass, PassManager
 
-    graph = PassManager([FoldLearningPhasePass(training=False), DeadCodeEliminationPass()]).run(model.to_graph())
-    out_names = [v.name for v in graph.outputs]
+    traced, n_out = traced_forward(model)
+    graph = PassManager([FoldLearningPhasePass(training=False), DeadCodeEliminationPass()]).run(traced)
+    out_names = [v.name for v in graph.outputs[:n_out]]
     if optimize:
         graph = optimize_forward(graph)
     b = Builder(graph)
     present = {id(p) for p in graph.params}
     regs = [(w, r) for w, r in penalties(model.layers) if id(w) in present and w.trainable]
     targets, loss, metric_values = add_loss_and_metrics(
-        b, list(graph.outputs), out_names, y_types, losses, loss_weights, metrics, regs
+        b, graph.outputs[:n_out], out_names, y_types, losses, loss_weights, metrics, regs, graph.outputs[n_out:]
     )
     _rename(graph, loss, "loss")
     for i, v in enumerate(metric_values):
