@@ -177,10 +177,10 @@ def compile_from_config(model: Model, config: Any, h5: Any) -> None:
 
 
 def _restore_optimizer(model: Model, h5: Any) -> None:
-    """Iterations and slots from `optimizer/vars` (kcompile's layout, or Keras': iterations,
-    learning rate, then the slots of each trainable variable, interleaved for Adam/AdamW and one
-    block per slot kind otherwise)."""
-    from .saving import restore_optimizer
+    """Iterations and slots from `optimizer/vars`: kcompile's layout (`kcompile_slots` names each
+    slot) or Keras' (`saving.keras_slot_order`: iterations, the learning rate unless a schedule,
+    then the slots as Keras' `build` creates them)."""
+    from .saving import keras_slot_order, restore_optimizer
 
     opt = getattr(model, "optimizer", None)
     if opt is None or "optimizer" not in h5 or "vars" not in h5["optimizer"]:
@@ -189,27 +189,22 @@ def _restore_optimizer(model: Model, h5: Any) -> None:
     if "kcompile_slots" in vars_group.attrs:
         restore_optimizer(model, h5)
         return
-    trainable = [w for w in model.weights if w.trainable]
-    kinds = len(opt.slots())
+    first, order = keras_slot_order(model)
     arrays = [np.asarray(vars_group[str(i)]) for i in range(len(vars_group))]
-    if len(arrays) != 2 + kinds * len(trainable):
+    shapes = {w.name: w.data.shape for w in model.weights}
+    if len(arrays) != first + len(order) or any(
+        arrays[first + i].shape != shapes[name] for i, (name, _) in enumerate(order)
+    ):
         warnings.warn(
-            "the optimizer state in the archive does not match the optimizer; training restarts it", stacklevel=2
+            "the optimizer state in the archive does not match the optimizer and weights; training restarts it",
+            stacklevel=2,
         )
         return
-    slots = arrays[2:]
-    interleaved = type(opt).__name__ in ("Adam", "AdamW")
-    variables: dict[str, list[np.ndarray]] = {}
-    for i, w in enumerate(trainable):
-        picks = [slots[i * kinds + k] if interleaved else slots[k * len(trainable) + i] for k in range(kinds)]
-        if any(p.shape != w.data.shape for p in picks):
-            warnings.warn(
-                "the optimizer state in the archive does not match the weights; training restarts it", stacklevel=2
-            )
-            return
-        variables[w.name] = [p.astype(np.float32) for p in picks]
+    slots: dict[str, dict[int, np.ndarray]] = {}
+    for i, (name, kind) in enumerate(order):
+        slots.setdefault(name, {})[kind] = arrays[first + i].astype(np.float32)
     opt.iterations = int(arrays[0])
-    opt.variables = variables
+    opt.variables = {name: [by_kind[k] for k in sorted(by_kind)] for name, by_kind in slots.items()}
 
 
 # Config -> layers ----------------------------------------------------------------------------

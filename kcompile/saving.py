@@ -402,17 +402,29 @@ def write_optimizer(model: Model, f: Any) -> None:
     arrays = [np.asarray(opt.iterations, np.int64)]
     if not isinstance(opt.learning_rate, LearningRateSchedule):
         arrays.append(np.asarray(opt.current_learning_rate(), np.float32))
-    first_slot = len(arrays)
     kinds = opt.slots()
     trainable = [w for w in model.weights if w.trainable]
     values = {w.name: opt.variables.get(w.name) or [init(tuple(w.data.shape)) for _, init in kinds] for w in trainable}
-    together = min(_INTERLEAVED.get(type(opt).__name__, 1), len(kinds))
-    order = [(w.name, k) for w in trainable for k in range(together)]
-    order += [(w.name, k) for k in range(together, len(kinds)) for w in trainable]
+    first_slot, order = keras_slot_order(model)
     arrays += [values[name][k] for name, k in order]
     for i, value in enumerate(arrays):
         vars_group.create_dataset(str(i), data=value)
     vars_group.attrs["kcompile_slots"] = json.dumps({"first": first_slot, "slots": [list(o) for o in order]})
+
+
+def keras_slot_order(model: Model) -> tuple[int, list[tuple[str, int]]]:
+    """Where Keras' `optimizer/vars` of `model.optimizer` start their slots (after iterations and
+    the learning rate, which a schedule has not), and which (weight name, slot kind) each holds."""
+    from .training.optimizers import LearningRateSchedule
+
+    opt = model.optimizer  # type: ignore[attr-defined]
+    first = 1 if isinstance(opt.learning_rate, LearningRateSchedule) else 2
+    kinds = len(opt.slots())
+    trainable = [w.name for w in model.weights if w.trainable]
+    together = min(_INTERLEAVED.get(type(opt).__name__, 1), kinds)
+    order = [(w, k) for w in trainable for k in range(together)]
+    order += [(w, k) for k in range(together, kinds) for w in trainable]
+    return first, order
 
 
 def restore_optimizer(model: Model, h5: Any) -> None:

@@ -183,31 +183,7 @@ def test_keras_continues_training_from_the_file_as_the_saved_model_does(name: st
     check_next_step(name, model)
 
 
-_KC_LOAD_REFUSES = (
-    "kc.load loads this archive uncompiled: kcompile/training/optimizers.py from_config refuses "
-    "{} (_KERAS_DEFAULTS), although the optimizer class implements it and Keras continues training "
-    "from the file exactly as kcompile does (the test above)"
-)
-KNOWN: dict[str, str] = {
-    "compiled_rmsprop_schedule": _KC_LOAD_REFUSES.format("centered=True"),
-    "compiled_adam_amsgrad": _KC_LOAD_REFUSES.format("amsgrad=True"),
-}
-
-
-def kc_load_params() -> list[Any]:
-    out = []
-    for name in gen.COMPILED:
-        marks = []
-        if name in KNOWN:
-            marks = [
-                pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN[name]),
-                pytest.mark.filterwarnings("ignore:the model is loaded uncompiled"),
-            ]
-        out.append(pytest.param(name, id=name, marks=marks))
-    return out
-
-
-@pytest.mark.parametrize("name", kc_load_params())
+@pytest.mark.parametrize("name", gen.COMPILED)
 def test_kc_load_continues_training_from_the_file_as_keras_does(
     name: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

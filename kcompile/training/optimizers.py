@@ -411,8 +411,6 @@ _KERAS_DEFAULTS: dict[str, Any] = {
     "ema_overwrite_frequency": None,
     "loss_scale_factor": None,
     "gradient_accumulation_steps": None,
-    "amsgrad": False,
-    "centered": False,
     "name": None,
 }
 
@@ -434,7 +432,11 @@ def from_config(name: str, config: dict[str, Any]) -> Optimizer:
         config.pop("weight_decay")
     lr = config.get("learning_rate")
     if isinstance(lr, dict):
-        config["learning_rate"] = _SCHEDULES[lr["class_name"]](**lr["config"])
+        schedule = {k: v for k, v in lr["config"].items() if k != "name"}  # Keras names its schedules
+        if lr.get("class_name") not in _SCHEDULES:
+            raise ModelError(f"optimizer {name}: learning-rate schedule {lr.get('class_name')!r} is not supported "
+                             f"(supported: {', '.join(_SCHEDULES)})")  # fmt: skip
+        config["learning_rate"] = _SCHEDULES[lr["class_name"]](**schedule)
     cls = _ALIASES[name.lower()]
     if cls is AdamW:
         config.setdefault("weight_decay", 0.004)
