@@ -63,6 +63,12 @@ TRAINING_CASES: dict[str, list[TCase]] = {
         TCase(
             [T("batch", 3, 3, 3), np.ones((3, 2, 3, 3)), T("batch", 2, 7, 7)], {"auto_pad": "VALID", "strides": (2, 2)}
         ),
+        # 2D, group 1: batched MatMul + Col2Im; dilated, strided, explicit uneven pads, leftover rows
+        TCase(
+            [T("batch", 4, 3, 4), np.ones((4, 3, 3, 2)), T("batch", 3, 8, 6)],
+            {"strides": (2, 1), "dilations": (2, 3), "pads": (1, 0, 0, 1)},
+        ),
+        TCase([T("batch", 5, 6, 6), np.ones((5, 4, 3, 3)), T("batch", 4, 8, 8)], {"auto_pad": "VALID"}),
     ],
     "conv_grad_weight": [
         TCase(

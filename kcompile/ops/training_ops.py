@@ -13,9 +13,9 @@ random mask of training-mode dropout.
 - `dropout_mask(x, rate, seed)`: keep-mask / (1 - rate) shaped like x; training-mode dropout is
   `x * dropout_mask(x)`, so the backward pass reuses the forward's mask.
 
-The window adjoints lower to ONNX ConvTranspose, GEMMs over gathered columns, and MaxPool +
-MaxUnpool (ScatterElements where windows overlap), and need static spatial sizes (the batch may
-stay symbolic).
+The window adjoints lower to ONNX MatMul + Col2Im (ConvTranspose when grouped or not 2D), GEMMs
+over gathered columns, and MaxPool + MaxUnpool (ScatterElements where windows overlap), and need
+static spatial sizes (the batch may stay symbolic).
 """
 
 from __future__ import annotations
@@ -310,6 +310,24 @@ def _conv_grad_input_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], typ
     spatial = _static(x_t.with_shape(x_t.shape[2:]), "conv_grad_input")
     kernel = tuple(int(k) for k in w_t.shape[2:])  # type: ignore[arg-type]
     out = _static(dy_t.with_shape(dy_t.shape[2:]), "conv_grad_input")
+    if a["group"] == 1 and dy_t.dtype == "float32" and len(kernel) == 2:  # onnxruntime's Col2Im: 2D
+        # dx = col2im(w^T dy): one batched MatMul of [C*K, O] against every sample's [O, P]
+        # (onnxruntime's ConvTranspose runs the same two steps, with one small GEMM per sample).
+        dy, w = ins[:2]
+        o, c = (int(d) for d in w_t.shape[:2])  # type: ignore[arg-type]
+        k = int(np.prod(kernel))
+        wt = e.emit("Transpose", [e.emit("Reshape", [w, e.const(np.array([o, c * k], np.int64), "shape")])[0]])[0]
+        dyr = e.emit("Reshape", [dy, e.const(np.array([0, o, -1], np.int64), "shape")])[0]
+        cols = e.emit("MatMul", [wt, dyr])[0]  # [N, C*K, P]
+        strides, dil = _window_params(a, len(kernel))
+        pads = conv_pads(spatial, kernel, a)
+        return e.emit(
+            "Col2Im",
+            [cols, e.const(np.array(spatial, np.int64), "image_shape"), e.const(np.array(kernel, np.int64), "block")],
+            strides=list(strides),
+            dilations=list(dil),
+            pads=[p[0] for p in pads] + [p[1] for p in pads],
+        )
     attrs = _transpose_pads(spatial, out, kernel, a)
     return e.emit("ConvTranspose", ins[:2], group=a["group"], **attrs)
 
