@@ -44,6 +44,10 @@ def _static(t: TensorType, what: str) -> tuple[int, ...]:
     return tuple(int(d) for d in t.shape)  # type: ignore[arg-type]
 
 
+def _int64(e: OnnxEmitter, values: Any, hint: str) -> str:
+    return e.const(np.array(values, np.int64), hint)
+
+
 # expand_like / reshape_like / size -----------------------------------------------------------
 def _expand_like_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
     x, like = types
@@ -316,14 +320,14 @@ def _conv_grad_input_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], typ
         dy, w = ins[:2]
         o, c = (int(d) for d in w_t.shape[:2])  # type: ignore[arg-type]
         k = int(np.prod(kernel))
-        wt = e.emit("Transpose", [e.emit("Reshape", [w, e.const(np.array([o, c * k], np.int64), "shape")])[0]])[0]
-        dyr = e.emit("Reshape", [dy, e.const(np.array([0, o, -1], np.int64), "shape")])[0]
+        wt = e.emit("Transpose", [e.emit("Reshape", [w, _int64(e, [o, c * k], "shape")])[0]])[0]
+        dyr = e.emit("Reshape", [dy, _int64(e, [0, o, -1], "shape")])[0]
         cols = e.emit("MatMul", [wt, dyr])[0]  # [N, C*K, P]
         strides, dil = _window_params(a, len(kernel))
         pads = conv_pads(spatial, kernel, a)
         return e.emit(
             "Col2Im",
-            [cols, e.const(np.array(spatial, np.int64), "image_shape"), e.const(np.array(kernel, np.int64), "block")],
+            [cols, _int64(e, spatial, "image_shape"), _int64(e, kernel, "block")],
             strides=list(strides),
             dilations=list(dil),
             pads=[p[0] for p in pads] + [p[1] for p in pads],
@@ -382,15 +386,11 @@ def _conv_grad_weight_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], ty
     pads = conv_pads(spatial, w_shape[2:], a)
     if any(pb or pe for pb, pe in pads):
         flat = [0, 0] + [p[0] for p in pads] + [0, 0] + [p[1] for p in pads]
-        x = e.emit("Pad", [x, e.const(np.array(flat, np.int64), "pads")])[0]
+        x = e.emit("Pad", [x, _int64(e, flat, "pads")])[0]
     padded = tuple(n + pb + pe for n, (pb, pe) in zip(spatial, pads, strict=True))
     if all(s == 1 for s in strides):
         return _conv_grad_weight_shifted(e, x, dy, a["group"], padded, w_shape, dil)
     return _conv_grad_weight_strided(e, x, dy, a["group"], padded, w_shape, strides, dil)
-
-
-def _int64(e: OnnxEmitter, values: Any, hint: str) -> str:
-    return e.const(np.array(values, np.int64), hint)
 
 
 def _conv_grad_weight_shifted(
@@ -608,7 +608,7 @@ def _max_pool_grad_tiled(
     # Offsets below 2**24 are exact in float32, whose Where is cheaper than int64's.
     off_dtype = np.float32 if size < 2**24 else np.int64
     y = e.emit("MaxPool", [x], **_pool_attrs(a))[0]
-    axes = e.const(np.arange(2, 2 + nd, dtype=np.int64), "axes")
+    axes = _int64(e, list(range(2, 2 + nd)), "axes")
     offsets = list(itertools.product(*(range(k) for k in kernel)))
 
     def flat_offset(t: tuple[int, ...]) -> str:
@@ -620,8 +620,8 @@ def _max_pool_grad_tiled(
         boxed = e.emit("MaxPool", [x], kernel_shape=box, strides=list(kernel))[0]
         sizes = [(n - b) // k + 1 for n, b, k in zip(spatial, box, kernel, strict=True)]
         if tuple(sizes) != out:  # a smaller box fits one more window where x has leftover rows
-            zeros = e.const(np.zeros(nd, np.int64), "starts")
-            boxed = e.emit("Slice", [boxed, zeros, e.const(np.array(out, np.int64), "ends"), axes])[0]
+            zeros = _int64(e, [0] * nd, "starts")
+            boxed = e.emit("Slice", [boxed, zeros, _int64(e, out, "ends"), axes])[0]
         hit = e.emit("Equal", [boxed, y])[0]
         chosen = e.emit("Where", [hit, flat_offset(t), chosen])[0]
     # Flat index into x: window origin + chosen offset + (n*C + c) * size.
@@ -637,12 +637,12 @@ def _max_pool_grad_tiled(
     planes_n = e.emit("Div", [e.emit("Size", [dy])[0], e.const(np.array(int(np.prod(out)), np.int64), "window_count")])[
         0
     ]
-    one = e.const(np.array(1, np.int64), "one")
-    planes = e.emit("Range", [e.const(np.array(0, np.int64), "zero"), planes_n, one])[0]  # n*C + c
-    planes = e.emit("Mul", [planes, e.const(np.array(size, np.int64), "size")])[0]
-    planes = e.emit("Reshape", [planes, e.emit("Concat", [lead, e.const(np.ones(nd, np.int64), "ones")], axis=0)[0]])[0]
+    one = _int64(e, 1, "one")
+    planes = e.emit("Range", [_int64(e, 0, "zero"), planes_n, one])[0]  # n*C + c
+    planes = e.emit("Mul", [planes, _int64(e, size, "size")])[0]
+    planes = e.emit("Reshape", [planes, e.emit("Concat", [lead, _int64(e, [1] * nd, "ones")], axis=0)[0]])[0]
     index = e.emit("Add", [within, planes])[0]
-    x_shape = e.emit("Concat", [lead, e.const(np.array(spatial, np.int64), "spatial")], axis=0)[0]
+    x_shape = e.emit("Concat", [lead, _int64(e, spatial, "spatial")], axis=0)[0]
     return e.emit("MaxUnpool", [dy, index, x_shape], kernel_shape=list(kernel), strides=list(kernel))
 
 
