@@ -79,9 +79,15 @@ TRAINING_CASES: dict[str, list[TCase]] = {
             [T("batch", 4, 5, 5), T("batch", 6, 5, 5), np.ones((6, 2, 3, 3))], {"auto_pad": "SAME_UPPER", "group": 2}
         ),
         TCase([T("batch", 2, 8), T("batch", 3, 8), np.ones((3, 2, 3))], {"pads": (2, 0)}),
-        # stride 1: the batch-in-the-contraction lowering (crops and row runs), dilated and 3D too
+        # 1D and 2D take the one-hot-Conv columns; 3D the crops and row runs (stride 1) or strided
+        # slices (strided)
         TCase([T("batch", 3, 9, 7), T("batch", 4, 5, 5), np.ones((4, 3, 3, 2))], {"dilations": (2, 2)}),
+        TCase([T("batch", 1, 9, 7), T("batch", 4, 7, 5), np.ones((4, 1, 3, 3))]),
         TCase([T("batch", 2, 5, 4, 6), T("batch", 3, 4, 2, 4), np.ones((3, 2, 2, 3, 3))]),
+        TCase(
+            [T("batch", 2, 5, 5, 6), T("batch", 3, 3, 3, 3), np.ones((3, 2, 2, 2, 2))],
+            {"strides": (2, 2, 2), "pads": (0, 1, 0, 1, 0, 1)},
+        ),
     ],
     "avg_pool_grad": [
         TCase(

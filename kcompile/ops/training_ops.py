@@ -14,8 +14,9 @@ random mask of training-mode dropout.
   `x * dropout_mask(x)`, so the backward pass reuses the forward's mask.
 
 The window adjoints lower to ONNX MatMul + Col2Im (ConvTranspose when grouped or not 2D), GEMMs
-over gathered columns, and MaxPool + MaxUnpool (ScatterElements where windows overlap), and need
-static spatial sizes (the batch may stay symbolic).
+over columns (made by a one-hot Conv in 1D and 2D, by slices in 3D), and MaxPool + MaxUnpool
+(ScatterElements where windows overlap), and need static spatial sizes (the batch may stay
+symbolic).
 """
 
 from __future__ import annotations
@@ -384,6 +385,8 @@ def _conv_grad_weight_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], ty
     w_shape = _static(w_t, "conv_grad_weight")
     strides, dil = _window_params(a, nd)
     pads = conv_pads(spatial, w_shape[2:], a)
+    if nd <= 2 and x_t.dtype == "float32":  # onnxruntime's Conv: float32, at most 3 spatial axes
+        return _conv_grad_weight_unfolded(e, x, dy, a["group"], spatial, w_shape, strides, dil, pads)
     if any(pb or pe for pb, pe in pads):
         flat = [0, 0] + [p[0] for p in pads] + [0, 0] + [p[1] for p in pads]
         x = e.emit("Pad", [x, _int64(e, flat, "pads")])[0]
@@ -391,6 +394,50 @@ def _conv_grad_weight_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], ty
     if all(s == 1 for s in strides):
         return _conv_grad_weight_shifted(e, x, dy, a["group"], padded, w_shape, dil)
     return _conv_grad_weight_strided(e, x, dy, a["group"], padded, w_shape, strides, dil)
+
+
+def _conv_grad_weight_unfolded(
+    e: OnnxEmitter,
+    x: str,
+    dy: str,
+    g: int,
+    spatial: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    dil: tuple[int, ...],
+    pads: list[tuple[int, int]],
+) -> list[str]:
+    # The columns come from onnxruntime's own im2col: x as [C, 1, N, *spatial] (the batch one more
+    # spatial axis) convolved with K one-hot kernels [K, 1, 1, *kernel] is cols[c, k, n, p] =
+    # x_pad[n, c, p*s + k*d], already [C*K, N*P] in memory. So one GEMM with the batch inside the
+    # contraction against dy as [O, N*P] gives dw, with no per-sample products to sum. A one-hot
+    # kernel copies each element exactly (x*1 plus zeros; only an inf in x would spread as NaN).
+    nd = len(strides)
+    o, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
+    k_total = int(np.prod(kernel))
+    onehot = np.zeros((k_total, 1, 1, *kernel), np.float32)
+    for i, kk in enumerate(itertools.product(*(range(k) for k in kernel))):
+        onehot[(i, 0, 0, *kk)] = 1.0
+    # [C, N, *spatial] (a single channel needs only the reshape), then [C, 1, N, *spatial]
+    xt = e.emit("Transpose", [x], perm=[1, 0, *range(2, 2 + nd)])[0] if g * cg > 1 else x
+    xt = e.emit("Reshape", [xt, _int64(e, [g * cg, 1, -1, *spatial], "shape")])[0]
+    cols = e.emit(
+        "Conv",
+        [xt, e.const(onehot, "onehot")],
+        strides=[1, *strides],
+        dilations=[1, *dil],
+        pads=[0, *(p[0] for p in pads), 0, *(p[1] for p in pads)],
+    )[0]  # [C, K, N, *out]
+    cols = e.emit("Reshape", [cols, _int64(e, [g, cg * k_total, -1], "shape")])[0]  # [g, Cg*K, N*P]
+    dyt = e.emit("Transpose", [dy], perm=[1, 0, *range(2, 2 + nd)])[0]  # [O, N, *out]
+    dyg = e.emit("Reshape", [dyt, _int64(e, [g, o // g, -1], "shape")])[0]  # [g, Og, N*P]
+    if g == 1:
+        squeeze = _int64(e, [0], "axes")
+        dyg, cols = (e.emit("Squeeze", [v, squeeze])[0] for v in (dyg, cols))
+        total = e.emit("Gemm", [dyg, cols], transB=1)[0]  # [Og, Cg*K]
+    else:
+        total = e.emit("MatMul", [dyg, e.emit("Transpose", [cols], perm=[0, 2, 1])[0]])[0]  # [g, Og, Cg*K]
+    return e.emit("Reshape", [total, _int64(e, list(w_shape), "shape")])
 
 
 def _conv_grad_weight_shifted(
