@@ -396,6 +396,24 @@ def _conv_grad_weight_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], ty
     return _conv_grad_weight_strided(e, x, dy, a["group"], padded, w_shape, strides, dil)
 
 
+def _columns_times_dy(e: OnnxEmitter, cols: str, dyg: str, g: int, w_shape: tuple[int, ...]) -> list[str]:
+    """dw from the columns [g, Cg*K, N*P] and dy [g, Og, N*P]. The columns, the larger operand, go
+    on the left: MLAS packs the right operand, so packing dy instead of them saves a copy. (The
+    product is reshaped before its transpose, or onnxruntime would fuse the transpose into the
+    Gemm by swapping its operands back.)"""
+    o, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
+    nd = len(kernel)
+    if g == 1:
+        squeeze = _int64(e, [0], "axes")
+        cols, dyg = (e.emit("Squeeze", [v, squeeze])[0] for v in (cols, dyg))
+        total = e.emit("Gemm", [cols, dyg], transB=1)[0]  # [Cg*K, Og]
+    else:
+        total = e.emit("MatMul", [cols, e.emit("Transpose", [dyg], perm=[0, 2, 1])[0]])[0]  # [g, Cg*K, Og]
+    total = e.emit("Reshape", [total, _int64(e, [g, cg, int(np.prod(kernel)), o // g], "shape")])[0]
+    total = e.emit("Transpose", [total], perm=[0, 3, 1, 2])[0]  # [g, Og, Cg, K]
+    return e.emit("Reshape", [total, _int64(e, list(w_shape), "shape")])
+
+
 def _conv_grad_weight_unfolded(
     e: OnnxEmitter,
     x: str,
@@ -431,13 +449,7 @@ def _conv_grad_weight_unfolded(
     cols = e.emit("Reshape", [cols, _int64(e, [g, cg * k_total, -1], "shape")])[0]  # [g, Cg*K, N*P]
     dyt = e.emit("Transpose", [dy], perm=[1, 0, *range(2, 2 + nd)])[0]  # [O, N, *out]
     dyg = e.emit("Reshape", [dyt, _int64(e, [g, o // g, -1], "shape")])[0]  # [g, Og, N*P]
-    if g == 1:
-        squeeze = _int64(e, [0], "axes")
-        dyg, cols = (e.emit("Squeeze", [v, squeeze])[0] for v in (dyg, cols))
-        total = e.emit("Gemm", [dyg, cols], transB=1)[0]  # [Og, Cg*K]
-    else:
-        total = e.emit("MatMul", [dyg, e.emit("Transpose", [cols], perm=[0, 2, 1])[0]])[0]  # [g, Og, Cg*K]
-    return e.emit("Reshape", [total, _int64(e, list(w_shape), "shape")])
+    return _columns_times_dy(e, cols, dyg, g, w_shape)
 
 
 def _conv_grad_weight_shifted(
@@ -473,13 +485,7 @@ def _conv_grad_weight_shifted(
     cols = e.emit("Reshape", [cols, _int64(e, [g, cg * len(columns), -1], "shape")])[0]
     dyt = e.emit("Transpose", [dy], perm=[1, 0, *range(2, 2 + nd)])[0]  # [O, N, *out]
     dyg = e.emit("Reshape", [dyt, _int64(e, [g, o // g, -1], "shape")])[0]  # [g, Og, N*P]
-    if g == 1:
-        squeeze = _int64(e, [0], "axes")
-        dyg, cols = (e.emit("Squeeze", [v, squeeze])[0] for v in (dyg, cols))
-        total = e.emit("Gemm", [dyg, cols], transB=1)[0]  # [Og, Cg*K]
-    else:
-        total = e.emit("MatMul", [dyg, e.emit("Transpose", [cols], perm=[0, 2, 1])[0]])[0]  # [g, Og, Cg*K]
-    return e.emit("Reshape", [total, _int64(e, list(w_shape), "shape")])
+    return _columns_times_dy(e, cols, dyg, g, w_shape)
 
 
 def _conv_grad_weight_strided(
