@@ -402,7 +402,6 @@ def _columns_times_dy(e: OnnxEmitter, cols: str, dyg: str, g: int, w_shape: tupl
     product is reshaped before its transpose, or onnxruntime would fuse the transpose into the
     Gemm by swapping its operands back.)"""
     o, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
-    nd = len(kernel)
     if g == 1:
         squeeze = _int64(e, [0], "axes")
         cols, dyg = (e.emit("Squeeze", [v, squeeze])[0] for v in (cols, dyg))
