@@ -8,7 +8,8 @@ interleaved round by round (so machine noise hits all of them alike), median per
 - PyTorch eager (inference mode).
 Peers need the `bench` extra (`pip install .[bench]`); a missing peer is reported and skipped.
 Every peer's output is checked against kcompile -O0 before timing. Ratios are peer / kcompile
--O2 (> 1: the peer is slower). Also printed: ONNX node counts before and after onnxruntime's
+-O2 time within each round, the median over rounds (> 1: the peer is slower); the order of the
+runners reverses every other round. Also printed: ONNX node counts before and after onnxruntime's
 optimizer, kcompile's compile time, and achieved GFLOP/s as a fraction of this machine's
 measured float32 GEMM peak.
 """
@@ -109,7 +110,9 @@ def gemm_peak() -> float:
     return 2 * 1024**3 / min(times) / 1e9
 
 
-def measure(runners: dict[str, Runner], rounds: int, min_time: float) -> dict[str, float]:
+def measure(runners: dict[str, Runner], rounds: int, min_time: float) -> dict[str, list[float]]:
+    """Seconds per call of each runner in every round (each repeats for about `min_time`); the
+    runners take turns, in reverse order every other round."""
     reps = {}
     for name, run in runners.items():
         run()
@@ -117,13 +120,20 @@ def measure(runners: dict[str, Runner], rounds: int, min_time: float) -> dict[st
         run()
         reps[name] = max(1, int(min_time / max(time.perf_counter() - t0, 1e-6)))
     times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
+    for r in range(rounds):
+        for name in list(runners)[:: -1 if r % 2 else 1]:
+            run = runners[name]
             start = time.perf_counter()
             for _ in range(reps[name]):
                 run()
             times[name].append((time.perf_counter() - start) / reps[name])
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def paired_ratio(times: list[float], base: list[float]) -> float:
+    """Median over rounds of the time ratio within each round (robust to the machine's speed
+    changing between rounds, which a ratio of medians is not)."""
+    return statistics.median(t / b for t, b in zip(times, base, strict=True))
 
 
 def peers(name: str, model: kc.Model, x: np.ndarray, tmp: str) -> tuple[dict[str, Runner], dict[str, Any]]:
@@ -207,12 +217,13 @@ def main() -> None:
                     got = np.asarray(run())
                     if not np.allclose(got, want, rtol=1e-3, atol=1e-4):
                         print(f"  !! {k} disagrees with kcompile -O0 (max diff {np.abs(got - want).max():.2e})")
-                medians = measure(runners, args.rounds, args.min_time)
-                base = medians["kcompile -O2"]
+                times = measure(runners, args.rounds, args.min_time)
                 work = flops(compiled["kcompile -O0"].graph, batch)
-                for k, m in medians.items():
+                for k, t in times.items():
+                    m = statistics.median(t)
                     gf = work / m / 1e9
-                    print(f"  {batch:>5}  {k:<22} {m * 1e3:>10.3f} {m / base:>7.2f}x {gf:>8.2f} {gf / peak:>7.1%}")
+                    ratio = paired_ratio(t, times["kcompile -O2"])
+                    print(f"  {batch:>5}  {k:<22} {m * 1e3:>10.3f} {ratio:>7.2f}x {gf:>8.2f} {gf / peak:>7.1%}")
 
 
 if __name__ == "__main__":

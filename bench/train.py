@@ -12,7 +12,8 @@ epoch of `--steps` batches per round, so machine noise hits all of them alike), 
 - Keras 3 `fit` (torch backend).
 Peers need the `bench` extra (`pip install .[bench]`); a missing peer is reported and skipped.
 Before timing, every peer's loss on the first batch (inference mode, same weights) is checked
-against kcompile's. Ratios are peer time / kcompile time (> 1: the peer is slower).
+against kcompile's. Ratios are peer time / kcompile time within each round, the median over
+rounds (> 1: the peer is slower); the order of the runners reverses every other round.
 
     KERAS_BACKEND=torch .venv/bin/python bench/train.py [--only small_cnn] [--rounds 9]
     .venv/bin/python bench/train.py --profile small_cnn     # onnxruntime's per-op times of one step
@@ -180,17 +181,24 @@ def keras_runner(model: kc.Model, opt: str, x: np.ndarray, y: np.ndarray) -> tup
 
 
 # Timing ------------------------------------------------------------------------------------------
-def measure(runners: dict[str, Runner], rounds: int) -> dict[str, float]:
-    """Median seconds per call of each runner, the runners taking turns round by round."""
+def measure(runners: dict[str, Runner], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each runner in every round; the runners take turns, in reverse order
+    every other round, so a slow spell of the machine falls on neighbours alike."""
     for run in runners.values():
         run()  # warm-up: builds kcompile's step, Keras' train function, torch's allocator caches
     times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
+    for r in range(rounds):
+        for name in list(runners)[:: -1 if r % 2 else 1]:
             start = time.perf_counter()
-            run()
+            runners[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def paired_ratio(times: list[float], base: list[float]) -> float:
+    """Median over rounds of the time ratio within each round (robust to the machine's speed
+    changing between rounds, which a ratio of medians is not)."""
+    return statistics.median(t / b for t, b in zip(times, base, strict=True))
 
 
 def peers(model: kc.Model, opt: str, x: np.ndarray, y: np.ndarray, want: float) -> dict[str, Runner]:
@@ -218,11 +226,11 @@ def bench(name: str, opt: str, steps: int, rounds: int) -> None:
     print(f"  kcompile step ({opt}): {_onnx_nodes(model)} ONNX nodes, built and loaded in {build * 1e3:.0f} ms")
     runners = peers(model, opt, x, y, want)  # built before kcompile trains: the same start weights
     runners = {"kcompile fit": lambda: model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False)} | runners
-    medians = measure(runners, rounds)
-    base = medians["kcompile fit"]
-    for label, m in medians.items():
-        per_step = m / steps
-        print(f"  {opt:<5} {label:<15} {per_step * 1e3:>9.3f} {BATCH / per_step:>11.0f} {m / base:>9.2f}x")
+    times = measure(runners, rounds)
+    for label, t in times.items():
+        per_step = statistics.median(t) / steps
+        ratio = paired_ratio(t, times["kcompile fit"])
+        print(f"  {opt:<5} {label:<15} {per_step * 1e3:>9.3f} {BATCH / per_step:>11.0f} {ratio:>9.2f}x")
 
 
 def _onnx_nodes(model: kc.Model) -> int:
@@ -293,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     threads = os.environ.get("OMP_NUM_THREADS", "each runner's default")
     print(f"training throughput, batch {BATCH}, {os.cpu_count()} cores, threads: {threads}")
-    print("ratio = runner time / kcompile time (> 1: the runner is slower)")
+    print("ratio = runner time / kcompile time within a round, median over rounds (> 1: the runner is slower)")
     for name in WORKLOADS:
         if args.only and name not in args.only:
             continue
