@@ -83,6 +83,9 @@ TRAINING_CASES: dict[str, list[TCase]] = {
         # slices (strided)
         TCase([T("batch", 3, 9, 7), T("batch", 4, 5, 5), np.ones((4, 3, 3, 2))], {"dilations": (2, 2)}),
         TCase([T("batch", 1, 9, 7), T("batch", 4, 7, 5), np.ones((4, 1, 3, 3))]),
+        # fewer column rows (C*K) than output channels: per-sample products summed over the batch
+        TCase([T("batch", 1, 9, 7), T("batch", 12, 4, 3), np.ones((12, 1, 3, 3))], {"strides": (2, 2)}),
+        TCase([T("batch", 2, 6), T("batch", 8, 6), np.ones((8, 1, 3))], {"auto_pad": "SAME_UPPER", "group": 2}),
         TCase([T("batch", 2, 5, 4, 6), T("batch", 3, 4, 2, 4), np.ones((3, 2, 2, 3, 3))]),
         TCase(
             [T("batch", 2, 5, 5, 6), T("batch", 3, 3, 3, 3), np.ones((3, 2, 2, 2, 2))],

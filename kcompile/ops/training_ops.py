@@ -424,27 +424,43 @@ def _conv_grad_weight_unfolded(
     dil: tuple[int, ...],
     pads: list[tuple[int, int]],
 ) -> list[str]:
-    # The columns come from onnxruntime's own im2col: x as [C, 1, N, *spatial] (the batch one more
-    # spatial axis) convolved with K one-hot kernels [K, 1, 1, *kernel] is cols[c, k, n, p] =
-    # x_pad[n, c, p*s + k*d], already [C*K, N*P] in memory. So one GEMM with the batch inside the
-    # contraction against dy as [O, N*P] gives dw, with no per-sample products to sum. A one-hot
-    # kernel copies each element exactly (x*1 plus zeros; only an inf in x would spread as NaN).
+    # The columns come from onnxruntime's own im2col, a Conv with K one-hot kernels: each copies
+    # its element exactly (x*1 plus zeros; only an inf in x would spread as NaN).
+    # - Columns no larger than dy (C*K <= O): x as [C, 1, N, *spatial], the batch one more spatial
+    #   axis, gives cols[c, k, n, p] = x_pad[n, c, p*s + k*d], already [C*K, N*P] in memory; one
+    #   GEMM with the batch inside the contraction meets dy as [O, N*P].
+    # - Otherwise (few input channels): x as [N*C, 1, *spatial] gives [N, C*K, P], and per-sample
+    #   products summed over the batch read dy in place; only the smaller columns are transposed.
     nd = len(strides)
     o, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
     k_total = int(np.prod(kernel))
-    onehot = np.zeros((k_total, 1, 1, *kernel), np.float32)
+    per_sample = g * cg * k_total < o
+    lead = () if per_sample else (1,)  # the batch axis, when it is a spatial axis of the Conv
+    onehot = np.zeros((k_total, 1, *(1,) * len(lead), *kernel), np.float32)
     for i, kk in enumerate(itertools.product(*(range(k) for k in kernel))):
-        onehot[(i, 0, 0, *kk)] = 1.0
+        onehot[(i, 0, *(0,) * len(lead), *kk)] = 1.0
+    conv_attrs: dict[str, Any] = {
+        "strides": [*lead, *strides],
+        "dilations": [*lead, *dil],
+        "pads": [*(0,) * len(lead), *(p[0] for p in pads), *(0,) * len(lead), *(p[1] for p in pads)],
+    }
+    if per_sample:
+        xs = e.emit("Reshape", [x, _int64(e, [-1, 1, *spatial], "shape")])[0]  # [N*C, 1, *spatial]
+        cols = e.emit("Conv", [xs, e.const(onehot, "onehot")], **conv_attrs)[0]  # [N*C, K, *out]
+        positions = int(
+            np.prod([(n + pb + pe - (k - 1) * d - 1) // s + 1
+                     for n, (pb, pe), k, d, s in zip(spatial, pads, kernel, dil, strides, strict=True)])
+        )  # fmt: skip
+        cols = e.emit("Reshape", [cols, _int64(e, [-1, g, cg * k_total, positions], "shape")])[0]
+        cols = e.emit("Transpose", [cols], perm=[0, 1, 3, 2])[0]  # [N, g, P, Cg*K]
+        dyg = e.emit("Reshape", [dy, _int64(e, [0, g, o // g, -1], "shape")])[0]  # [N, g, Og, P]
+        total = e.emit("MatMul", [dyg, cols])[0]  # [N, g, Og, Cg*K]
+        total = e.emit("ReduceSum", [total, _int64(e, [0], "axes")], keepdims=0)[0]
+        return e.emit("Reshape", [total, _int64(e, list(w_shape), "shape")])
     # [C, N, *spatial] (a single channel needs only the reshape), then [C, 1, N, *spatial]
     xt = e.emit("Transpose", [x], perm=[1, 0, *range(2, 2 + nd)])[0] if g * cg > 1 else x
     xt = e.emit("Reshape", [xt, _int64(e, [g * cg, 1, -1, *spatial], "shape")])[0]
-    cols = e.emit(
-        "Conv",
-        [xt, e.const(onehot, "onehot")],
-        strides=[1, *strides],
-        dilations=[1, *dil],
-        pads=[0, *(p[0] for p in pads), 0, *(p[1] for p in pads)],
-    )[0]  # [C, K, N, *out]
+    cols = e.emit("Conv", [xt, e.const(onehot, "onehot")], **conv_attrs)[0]  # [C, K, N, *out]
     cols = e.emit("Reshape", [cols, _int64(e, [g, cg * k_total, -1], "shape")])[0]  # [g, Cg*K, N*P]
     dyt = e.emit("Transpose", [dy], perm=[1, 0, *range(2, 2 + nd)])[0]  # [O, N, *out]
     dyg = e.emit("Reshape", [dyt, _int64(e, [g, o // g, -1], "shape")])[0]  # [g, Og, N*P]
