@@ -322,6 +322,9 @@ def _conv_grad_input_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], typ
         o, c = (int(d) for d in w_t.shape[:2])  # type: ignore[arg-type]
         k = int(np.prod(kernel))
         wt = e.emit("Transpose", [e.emit("Reshape", [w, _int64(e, [o, c * k], "shape")])[0]])[0]
+        # Materialized once as [1, C*K, O]: straight into the MatMul, onnxruntime would fuse the
+        # transpose into it and MLAS would transpose w again for every sample.
+        wt = e.emit("Reshape", [wt, _int64(e, [1, c * k, o], "shape")])[0]
         dyr = e.emit("Reshape", [dy, _int64(e, [0, o, -1], "shape")])[0]
         cols = e.emit("MatMul", [wt, dyr])[0]  # [N, C*K, P]
         strides, dil = _window_params(a, len(kernel))
