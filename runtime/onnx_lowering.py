@@ -98,6 +98,27 @@ class _Emitter:
         return self._graph_inputs[name]
 
 
+def _live(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
+    """The nodes that the graph outputs need, with the unused optional outputs of the rest left
+    unnamed (an op's lowering emits all it can produce; e.g. onnxruntime's LSTM then skips the
+    full sequence when only the final state is read)."""
+    live = set(outputs)
+    kept: list[onnx.NodeProto] = []
+    for n in reversed(nodes):
+        if not any(o in live for o in n.output):
+            continue
+        schema = onnx.defs.get_schema(n.op_type, domain=n.domain)
+        for i, o in enumerate(n.output):
+            formal = schema.outputs[min(i, len(schema.outputs) - 1)]
+            if o not in live and formal.option == onnx.defs.OpSchema.FormalParameterOption.Optional:
+                n.output[i] = ""
+        while n.output and not n.output[-1]:
+            n.output.pop()
+        live.update(x for x in n.input if x)
+        kept.append(n)
+    return kept[::-1]
+
+
 def lower_to_onnx(graph: Graph, opset: int = DEFAULT_OPSET, check: bool = True) -> onnx.ModelProto:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise LoweringError(
@@ -141,7 +162,11 @@ def lower_to_onnx(graph: Graph, opset: int = DEFAULT_OPSET, check: bool = True) 
     for n in e.nodes:
         n.input[:] = [renamed.get(x, x) for x in n.input]
         n.output[:] = [renamed.get(x, x) for x in n.output]
-    g = helper.make_graph(e.nodes, graph.name, e.inputs, outputs, e.initializers)
+    nodes = _live(e.nodes, [o.name for o in outputs])
+    # Constants only dead nodes read go too (weights stay: they are the model's named state).
+    read = {x for n in nodes for x in n.input} | {names[id(p)] for p in graph.params}
+    inits = [t for t in e.initializers if t.name in read]
+    g = helper.make_graph(nodes, graph.name, e.inputs, outputs, inits)
     model = helper.make_model(
         g,
         opset_imports=[helper.make_opsetid("", opset)],

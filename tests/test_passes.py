@@ -394,3 +394,18 @@ def test_ir_only_cases_keep_the_numbers() -> None:
         want = run_graph(graph, {"x": x})
         got = run_graph(kc.optimize(graph, level=2), {"x": x})
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_lowering_drops_dead_nodes_and_unused_optional_outputs() -> None:
+    x = kc.Input(shape=(6,), name="x")
+    h = layers.LSTM(5)(layers.Embedding(20, 4)(x))
+    model = randomize(kc.Model(x, layers.Dense(1)(h)))
+    compiled = kc.compile(model, level=2)
+    graph = compiled.onnx_model.graph
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    assert all(o in read for n in graph.node for o in n.output if o), "a node's output is never read"
+    (lstm,) = [n for n in graph.node if n.op_type == "LSTM"]
+    assert list(lstm.output)[0] == ""  # only the final state is read: no full sequence
+    ids = np.random.default_rng(1).integers(0, 20, (3, 6)).astype(np.float32)
+    (want,) = run_graph(compiled.graph, {"x": ids})
+    np.testing.assert_allclose(compiled(ids), want, rtol=1e-5, atol=1e-6)
