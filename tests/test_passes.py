@@ -405,7 +405,7 @@ def test_lowering_drops_dead_nodes_and_unused_optional_outputs() -> None:
     read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     assert all(o in read for n in graph.node for o in n.output if o), "a node's output is never read"
     (lstm,) = [n for n in graph.node if n.op_type == "LSTM"]
-    assert list(lstm.output)[0] == ""  # only the final state is read: no full sequence
+    assert lstm.output[0] == ""  # only the final state is read: no full sequence
     ids = np.random.default_rng(1).integers(0, 20, (3, 6)).astype(np.float32)
     (want,) = run_graph(compiled.graph, {"x": ids})
     np.testing.assert_allclose(compiled(ids), want, rtol=1e-5, atol=1e-6)
