@@ -382,14 +382,15 @@ def _conv_grad_weight_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], ty
     # dw[o, c, k] = sum_{n, p} x_pad[n, c, p*s + k*d] dy[n, o, p]: the columns x_pad[.., p*s + k*d]
     # of every kernel offset k, stacked, meet dy in one matrix product.
     x, dy, _ = ins
-    x_t, _dy_t, w_t = types
+    x_t, dy_t, w_t = types
     nd = x_t.rank - 2
     spatial = _static(x_t.with_shape(x_t.shape[2:]), "conv_grad_weight")
     w_shape = _static(w_t, "conv_grad_weight")
     strides, dil = _window_params(a, nd)
     pads = conv_pads(spatial, w_shape[2:], a)
     if nd <= 2 and x_t.dtype == "float32":  # onnxruntime's Conv: float32, at most 3 spatial axes
-        return _conv_grad_weight_unfolded(e, x, dy, a["group"], spatial, w_shape, strides, dil, pads)
+        positions = int(np.prod(_static(dy_t.with_shape(dy_t.shape[2:]), "conv_grad_weight")))
+        return _conv_grad_weight_unfolded(e, x, dy, a["group"], spatial, positions, w_shape, strides, dil, pads)
     if any(pb or pe for pb, pe in pads):
         flat = [0, 0] + [p[0] for p in pads] + [0, 0] + [p[1] for p in pads]
         x = e.emit("Pad", [x, _int64(e, flat, "pads")])[0]
@@ -422,6 +423,7 @@ def _conv_grad_weight_unfolded(
     dy: str,
     g: int,
     spatial: tuple[int, ...],
+    positions: int,
     w_shape: tuple[int, ...],
     strides: tuple[int, ...],
     dil: tuple[int, ...],
@@ -450,10 +452,6 @@ def _conv_grad_weight_unfolded(
     if per_sample:
         xs = e.emit("Reshape", [x, _int64(e, [-1, 1, *spatial], "shape")])[0]  # [N*C, 1, *spatial]
         cols = e.emit("Conv", [xs, e.const(onehot, "onehot")], **conv_attrs)[0]  # [N*C, K, *out]
-        positions = int(
-            np.prod([(n + pb + pe - (k - 1) * d - 1) // s + 1
-                     for n, (pb, pe), k, d, s in zip(spatial, pads, kernel, dil, strides, strict=True)])
-        )  # fmt: skip
         cols = e.emit("Reshape", [cols, _int64(e, [-1, g, cg * k_total, positions], "shape")])[0]
         cols = e.emit("Transpose", [cols], perm=[0, 1, 3, 2])[0]  # [N, g, P, Cg*K]
         dyg = e.emit("Reshape", [dy, _int64(e, [0, g, o // g, -1], "shape")])[0]  # [N, g, Og, P]
