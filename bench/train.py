@@ -244,7 +244,8 @@ def profile(name: str, opt: str, steps: int) -> None:
     """onnxruntime's profiler on kcompile's training step: the op types and nodes that cost most,
     each node's fastest run (robust to a busy machine)."""
     import onnxruntime as ort
-    from kcompile.runtime import lower_to_onnx
+
+    from kcompile.training.step import step_onnx
 
     model = kcompile_model(name, opt)
     x, y = data(model, steps * BATCH)
@@ -255,7 +256,7 @@ def profile(name: str, opt: str, steps: int) -> None:
         opts.log_severity_level = 3
         opts.enable_profiling = True
         opts.profile_file_prefix = os.path.join(tmp, "step")
-        proto = lower_to_onnx(runner.plan.graph)
+        proto = step_onnx(runner.plan.graph)
         runner.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         runner.bindings = [runner._bind(p) for p in (0, 1)]
         for i in range(steps):

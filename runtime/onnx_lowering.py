@@ -39,7 +39,8 @@ def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
 
 
 class _Emitter:
-    def __init__(self) -> None:
+    def __init__(self, blocked_conv: bool = False) -> None:
+        self.blocked_conv = blocked_conv
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -119,12 +120,17 @@ def _live(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProt
     return kept[::-1]
 
 
-def lower_to_onnx(graph: Graph, opset: int = DEFAULT_OPSET, check: bool = True) -> onnx.ModelProto:
+def lower_to_onnx(
+    graph: Graph, opset: int = DEFAULT_OPSET, check: bool = True, blocked_conv: bool = False
+) -> onnx.ModelProto:
+    """`graph` as an ONNX model. `blocked_conv` says the model will run with its Convs in blocked
+    kernels even where the filter is not a constant (`nchwc.block_runtime_convs`), so lowerings
+    may prefer a Conv to GEMM-based forms."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise LoweringError(
             f"opset {opset} is not supported: choose {MIN_OPSET}..{MAX_OPSET} (onnxruntime runs <= {MAX_OPSET})"
         )
-    e = _Emitter()
+    e = _Emitter(blocked_conv)
     names: dict[int, str] = {}
     for v in graph.inputs:
         names[id(v)] = e.graph_input(v.name, v.type)

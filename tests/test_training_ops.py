@@ -63,12 +63,29 @@ TRAINING_CASES: dict[str, list[TCase]] = {
         TCase(
             [T("batch", 3, 3, 3), np.ones((3, 2, 3, 3)), T("batch", 2, 7, 7)], {"auto_pad": "VALID", "strides": (2, 2)}
         ),
-        # 2D, group 1: batched MatMul + Col2Im; dilated, strided, explicit uneven pads, leftover rows
+        # strided 2D, group 1: batched MatMul + Col2Im; dilated, explicit uneven pads, leftover rows
         TCase(
             [T("batch", 4, 3, 4), np.ones((4, 3, 3, 2)), T("batch", 3, 8, 6)],
             {"strides": (2, 1), "dilations": (2, 3), "pads": (1, 0, 0, 1)},
         ),
+        # stride 1: one Conv with the flipped kernel (1D to 3D, grouped, depthwise, dilated, uneven
+        # pads); the group-2 and dilated 1D cases above take it too
         TCase([T("batch", 5, 6, 6), np.ones((5, 4, 3, 3)), T("batch", 4, 8, 8)], {"auto_pad": "VALID"}),
+        TCase(
+            [T("batch", 4, 7, 6), np.ones((4, 3, 3, 2)), T("batch", 3, 7, 6)],
+            {"dilations": (2, 1), "pads": (2, 0, 2, 1)},
+        ),
+        TCase(
+            [T("batch", 4, 5, 5), np.ones((4, 1, 3, 3)), T("batch", 4, 5, 5)], {"auto_pad": "SAME_UPPER", "group": 4}
+        ),
+        TCase([T("batch", 3, 3, 3, 3), np.ones((3, 2, 2, 3, 2)), T("batch", 2, 4, 5, 4)], {"auto_pad": "VALID"}),
+        # padding wider than the kernel reaches: no flipped Conv (Col2Im)
+        TCase([T("batch", 3, 8, 8), np.ones((3, 2, 3, 3)), T("batch", 2, 4, 4)], {"pads": (3, 3, 3, 3)}),
+        # strided and grouped: ConvTranspose
+        TCase(
+            [T("batch", 6, 3, 3), np.ones((6, 2, 3, 3)), T("batch", 4, 6, 5)],
+            {"auto_pad": "SAME_UPPER", "strides": (2, 2), "group": 2},
+        ),
     ],
     "conv_grad_weight": [
         TCase(

@@ -54,6 +54,10 @@ class Attr:
 class OnnxEmitter(Protocol):
     """What an op's ONNX lowering may do: add nodes and constants to the ONNX graph."""
 
+    # The engine runs every Conv in blocked (NCHWc) kernels, filters computed at run time
+    # included: a Conv is then the fastest form of a convolution-shaped product.
+    blocked_conv: bool
+
     def emit(self, op_type: str, inputs: Sequence[str], n_out: int = 1, **attrs: Any) -> list[str]: ...
 
     def const(self, array: np.ndarray, hint: str = "const") -> str: ...

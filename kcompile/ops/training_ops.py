@@ -13,10 +13,11 @@ random mask of training-mode dropout.
 - `dropout_mask(x, rate, seed)`: keep-mask / (1 - rate) shaped like x; training-mode dropout is
   `x * dropout_mask(x)`, so the backward pass reuses the forward's mask.
 
-The window adjoints lower to ONNX MatMul + Col2Im (ConvTranspose when grouped or not 2D), GEMMs
-over columns (made by a one-hot Conv in 1D and 2D, by slices in 3D), and MaxPool + MaxUnpool
-(ScatterElements where windows overlap), and need static spatial sizes (the batch may stay
-symbolic).
+The window adjoints lower to ONNX: dx of a convolution to one Conv with the flipped kernel
+(stride 1) or MatMul + Col2Im (strided; ConvTranspose when also grouped or not 2D); dw to GEMMs
+over columns (made by a one-hot Conv in 1D and 2D, by slices in 3D); max pooling's to MaxPool +
+MaxUnpool (ScatterElements where windows overlap). They need static spatial sizes (the batch may
+stay symbolic).
 """
 
 from __future__ import annotations
@@ -315,29 +316,90 @@ def _conv_grad_input_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], typ
     spatial = _static(x_t.with_shape(x_t.shape[2:]), "conv_grad_input")
     kernel = tuple(int(k) for k in w_t.shape[2:])  # type: ignore[arg-type]
     out = _static(dy_t.with_shape(dy_t.shape[2:]), "conv_grad_input")
-    if a["group"] == 1 and dy_t.dtype == "float32" and len(kernel) == 2:  # onnxruntime's Col2Im: 2D
-        # dx = col2im(w^T dy): one batched MatMul of [C*K, O] against every sample's [O, P]
-        # (onnxruntime's ConvTranspose runs the same two steps, with one small GEMM per sample).
-        dy, w = ins[:2]
-        o, c = (int(d) for d in w_t.shape[:2])  # type: ignore[arg-type]
-        k = int(np.prod(kernel))
-        wt = e.emit("Transpose", [e.emit("Reshape", [w, _int64(e, [o, c * k], "shape")])[0]])[0]
-        # Materialized once as [1, C*K, O]: straight into the MatMul, onnxruntime would fuse the
-        # transpose into it and MLAS would transpose w again for every sample.
-        wt = e.emit("Reshape", [wt, _int64(e, [1, c * k, o], "shape")])[0]
-        dyr = e.emit("Reshape", [dy, _int64(e, [0, o, -1], "shape")])[0]
-        cols = e.emit("MatMul", [wt, dyr])[0]  # [N, C*K, P]
-        strides, dil = _window_params(a, len(kernel))
-        pads = conv_pads(spatial, kernel, a)
-        return e.emit(
-            "Col2Im",
-            [cols, _int64(e, spatial, "image_shape"), _int64(e, kernel, "block")],
-            strides=list(strides),
-            dilations=list(dil),
-            pads=[p[0] for p in pads] + [p[1] for p in pads],
-        )
+    strides, dil = _window_params(a, len(kernel))
+    pads = conv_pads(spatial, kernel, a)
+    if dy_t.dtype == "float32":  # onnxruntime's Conv, Col2Im: float32
+        flipped = _flipped_pads(spatial, out, kernel, strides, dil, pads) if e.blocked_conv else None
+        if flipped is not None:
+            return _conv_grad_input_flipped(
+                e, ins[0], ins[1], a["group"], _static(w_t, "conv_grad_input"), flipped, dil
+            )
+        if a["group"] == 1 and len(kernel) == 2:  # onnxruntime's Col2Im: 2D
+            return _conv_grad_input_col2im(
+                e, ins[0], ins[1], _static(w_t, "conv_grad_input"), spatial, strides, dil, pads
+            )
     attrs = _transpose_pads(spatial, out, kernel, a)
     return e.emit("ConvTranspose", ins[:2], group=a["group"], **attrs)
+
+
+def _flipped_pads(
+    spatial: tuple[int, ...],
+    out: tuple[int, ...],
+    kernel: tuple[int, ...],
+    strides: tuple[int, ...],
+    dil: tuple[int, ...],
+    pads: list[tuple[int, int]],
+) -> list[int] | None:
+    """The pads of the stride-1 convolution of dy with the flipped kernel that gives dx, or None
+    where there is none (strided, or padding wider than the kernel's reach)."""
+    # dx[i] = sum_k dy[i + pb - k*d] w[k] = sum_k' dy[i - ((K-1)d - pb) + k'*d] w[K-1-k']: a
+    # convolution of dy padded by (K-1)d - pb before and n - out + pb after.
+    if any(s != 1 for s in strides):
+        return None
+    begin = [(k - 1) * d - pb for k, d, (pb, _) in zip(kernel, dil, pads, strict=True)]
+    end = [n - o + pb for n, o, (pb, _) in zip(spatial, out, pads, strict=True)]
+    return begin + end if min(begin + end) >= 0 else None
+
+
+def _conv_grad_input_flipped(
+    e: OnnxEmitter, dy: str, w: str, g: int, w_shape: tuple[int, ...], pads: list[int], dil: tuple[int, ...]
+) -> list[str]:
+    # Stride 1: dx = conv(dy, w~) with w~[c, o] = w[o, c] flipped along every spatial axis (per
+    # group: [g, Og, Cg, *k] -> [g, Cg, Og, *k]). In blocked (NCHWc) kernels one Conv beats a
+    # GEMM plus col2im, with no column buffer (the bench CNN's second layer: 1.4 against 2.2 ms);
+    # in NCHW ones (im2col + GEMM over the larger padded grid) it loses (3.2 ms), hence only
+    # when `e.blocked_conv`.
+    o, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
+    nd = len(kernel)
+    wg = e.emit("Reshape", [w, _int64(e, [g, o // g, cg, *kernel], "shape")])[0]
+    wg = e.emit("Transpose", [wg], perm=[0, 2, 1, *range(3, 3 + nd)])[0]
+    wf = e.emit("Reshape", [wg, _int64(e, [g * cg, o // g, *kernel], "shape")])[0]
+    axes = list(range(2, 2 + nd))
+    wf = e.emit(
+        "Slice",
+        [wf, _int64(e, [-1] * nd, "starts"), _int64(e, [-(2**63)] * nd, "ends"), _int64(e, axes, "axes"),
+         _int64(e, [-1] * nd, "steps")],
+    )[0]  # fmt: skip
+    return e.emit("Conv", [dy, wf], group=g, dilations=list(dil), pads=pads)
+
+
+def _conv_grad_input_col2im(
+    e: OnnxEmitter,
+    dy: str,
+    w: str,
+    w_shape: tuple[int, ...],
+    spatial: tuple[int, ...],
+    strides: tuple[int, ...],
+    dil: tuple[int, ...],
+    pads: list[tuple[int, int]],
+) -> list[str]:
+    # dx = col2im(w^T dy): one batched MatMul of [C*K, O] against every sample's [O, P]
+    # (onnxruntime's ConvTranspose runs the same two steps, with one small GEMM per sample).
+    o, c, kernel = w_shape[0], w_shape[1], w_shape[2:]
+    k = int(np.prod(kernel))
+    wt = e.emit("Transpose", [e.emit("Reshape", [w, _int64(e, [o, c * k], "shape")])[0]])[0]
+    # Materialized once as [1, C*K, O]: straight into the MatMul, onnxruntime would fuse the
+    # transpose into it and MLAS would transpose w again for every sample.
+    wt = e.emit("Reshape", [wt, _int64(e, [1, c * k, o], "shape")])[0]
+    dyr = e.emit("Reshape", [dy, _int64(e, [0, o, -1], "shape")])[0]
+    cols = e.emit("MatMul", [wt, dyr])[0]  # [N, C*K, P]
+    return e.emit(
+        "Col2Im",
+        [cols, _int64(e, spatial, "image_shape"), _int64(e, kernel, "block")],
+        strides=list(strides),
+        dilations=list(dil),
+        pads=[p[0] for p in pads] + [p[1] for p in pads],
+    )
 
 
 _CONV_ATTRS = (*_WINDOW_ATTRS, Attr("dilations", "ints", ()), Attr("group", "int", 1))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from .losses import Loss
 from .metrics import Metric
 from .optimizers import Optimizer
 from .regularizers import activity_penalties, check_activity_regularizers, penalties
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @dataclass
@@ -278,6 +281,20 @@ def _env_threads() -> int:
     return int(value) if value.isdigit() else 0
 
 
+def step_onnx(graph: Graph) -> onnx.ModelProto:
+    """The step graph as onnxruntime runs it: the weights are state fed every step, so its Convs
+    go to the blocked kernels by `block_runtime_convs` (onnxruntime's own transformer takes only
+    constant filters) where this machine has them."""
+    from kcompile.runtime import lower_to_onnx
+    from kcompile.runtime.nchwc import block_runtime_convs, nchwc_block
+
+    block = nchwc_block()
+    model = lower_to_onnx(graph, blocked_conv=block is not None)
+    if block is not None:
+        block_runtime_convs(model, block)
+    return model
+
+
 class StepRunner:
     """Runs a train step graph (and its eval graph) with the state resident in onnxruntime."""
 
@@ -285,8 +302,6 @@ class StepRunner:
         self, train: StepPlan, evaluate: StepPlan | None, optimizer: Optimizer, threads: int | None = None
     ) -> None:
         import onnxruntime as ort
-
-        from kcompile.runtime import lower_to_onnx
 
         self.plan, self.eval_plan, self.optimizer = train, evaluate, optimizer
         opts = ort.SessionOptions()
@@ -297,11 +312,9 @@ class StepRunner:
             opts.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(
-                lower_to_onnx(train.graph).SerializeToString(), opts, providers=providers
-            )
+            self.session = ort.InferenceSession(step_onnx(train.graph).SerializeToString(), opts, providers=providers)
             self.eval_session = (
-                ort.InferenceSession(lower_to_onnx(evaluate.graph).SerializeToString(), opts, providers=providers)
+                ort.InferenceSession(step_onnx(evaluate.graph).SerializeToString(), opts, providers=providers)
                 if evaluate is not None
                 else None
             )

@@ -1,0 +1,148 @@
+"""Blocked convolutions with run-time filters (`kcompile.runtime.nchwc`, what the training step
+runs): onnxruntime on the rewritten model against the NumPy reference interpreter, and the
+lowerings chosen under `blocked_conv`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from kcompile.runtime import lower_to_onnx
+from kcompile.runtime.nchwc import NCHWC_DOMAIN, block_runtime_convs, nchwc_block, reorder_filter
+from test_training_ops import TRAINING_CASES, _build
+
+from kcompile.ir import Builder, Graph, TensorType, run_graph
+from kcompile.ir.graph import Param
+from kcompile.training.step import params_to_inputs
+
+BLOCK = nchwc_block()
+needs_blocks = pytest.mark.skipif(
+    BLOCK is None, reason="this onnxruntime build has no blocked (NCHWc) convolution kernels on this CPU"
+)
+
+
+def _session(model: Any) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _conv_graph(c: int, o: int, attrs: dict[str, Any], bias: bool, rng: np.random.Generator) -> Graph:
+    b = Builder(Graph("conv"))
+    x = b.input("x", TensorType("float32", ("batch", c, 9, 8)))
+    w = Param("w", rng.standard_normal((o, c // attrs.get("group", 1), 3, 3)).astype(np.float32))
+    ins = [x, w] + ([Param("b", rng.standard_normal(o).astype(np.float32))] if bias else [])
+    b.graph.outputs = [b.op("conv", ins, **attrs)]
+    b.graph.verify()
+    return b.graph
+
+
+def _feeds(graph: Graph, params: dict[str, Param], batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    feeds = {}
+    for v in graph.inputs:
+        if v.name in params:
+            feeds[v.name] = params[v.name].data
+        else:
+            shape = tuple(batch if d == "batch" else d for d in v.type.shape)
+            feeds[v.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def _blocked_convs(model: Any) -> int:
+    return sum(1 for n in model.graph.node if n.domain == NCHWC_DOMAIN and n.op_type == "Conv")
+
+
+@needs_blocks
+def test_the_probe_finds_a_block_that_reorders_as_onnxruntime_does() -> None:
+    assert BLOCK in (4, 8, 16)
+    w = np.arange(2 * BLOCK * 3 * BLOCK * 4, dtype=np.float32).reshape(2 * BLOCK, 3 * BLOCK, 2, 2)
+    r = reorder_filter(w, BLOCK)
+    # element (o, c, h, k) lands at block (o // B, c // B), then h, k, then c % B, then o % B
+    o, c, h, k = 2 * BLOCK - 1, BLOCK + 2, 1, 0
+    flat = ((((o // BLOCK) * 3 + c // BLOCK) * 2 + h) * 2 + k) * BLOCK * BLOCK + (c % BLOCK) * BLOCK + o % BLOCK
+    assert r.ravel()[flat] == w[o, c, h, k]
+    assert sorted(r.ravel()) == sorted(w.ravel())
+
+
+CONV_CASES = [
+    ({}, True),
+    ({"pads": (1, 0, 2, 1)}, False),
+    ({"strides": (2, 1), "dilations": (1, 2)}, True),
+    ({"auto_pad": "SAME_UPPER"}, True),
+    ({"auto_pad": "SAME_UPPER", "strides": (2, 2)}, False),
+]
+
+
+@needs_blocks
+@pytest.mark.parametrize(("attrs", "bias"), CONV_CASES, ids=[str(i) for i in range(len(CONV_CASES))])
+def test_runtime_filter_convs_run_blocked_and_match_the_reference(attrs: dict[str, Any], bias: bool) -> None:
+    assert BLOCK is not None
+    rng = np.random.default_rng(3)
+    graph = _conv_graph(2 * BLOCK, BLOCK, attrs, bias, rng)
+    params = params_to_inputs(graph)
+    model = lower_to_onnx(graph)
+    assert block_runtime_convs(model, BLOCK) == 1 and _blocked_convs(model) == 1
+    session = _session(model)
+    for batch in (1, 3):
+        feeds = _feeds(graph, params, batch, rng)
+        (want,) = run_graph(graph, feeds)
+        (got,) = session.run(None, feeds)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_blocks
+def test_only_ungrouped_runtime_filters_with_whole_blocks_are_rewritten() -> None:
+    assert BLOCK is not None
+    rng = np.random.default_rng(4)
+    constant = lower_to_onnx(_conv_graph(BLOCK, BLOCK, {}, True, rng))  # onnxruntime's own transformer's
+    grouped = _conv_graph(2 * BLOCK, 2 * BLOCK, {"group": 2}, False, rng)
+    ragged = _conv_graph(BLOCK + 1, BLOCK, {}, False, rng)
+    for g in (grouped, ragged):
+        params_to_inputs(g)
+    for model in (constant, lower_to_onnx(grouped), lower_to_onnx(ragged)):
+        before = [n.op_type for n in model.graph.node]
+        assert block_runtime_convs(model, BLOCK) == 0
+        assert [n.op_type for n in model.graph.node] == before
+
+
+CONV_GRAD_INPUT = list(range(len(TRAINING_CASES["conv_grad_input"])))
+
+
+@pytest.mark.parametrize("index", CONV_GRAD_INPUT, ids=[str(i) for i in CONV_GRAD_INPUT])
+def test_conv_grad_input_under_blocked_conv_matches_the_reference(index: int) -> None:
+    """With `blocked_conv`, stride-1 input gradients lower to one Conv with the flipped filter;
+    fed as a run-time input and, where the channels fill blocks, rewritten to blocked kernels."""
+    case = TRAINING_CASES["conv_grad_input"][index]
+    rng = np.random.default_rng(index + 5)
+    graph = _build("conv_grad_input", case, rng)
+    params = params_to_inputs(graph)
+    model = lower_to_onnx(graph, blocked_conv=True)
+    if BLOCK is not None:
+        block_runtime_convs(model, BLOCK)
+    session = _session(model)
+    for batch in (1, 3):
+        feeds = _feeds(graph, params, batch, rng)
+        (want,) = run_graph(graph, feeds)
+        (got,) = session.run(None, feeds)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_blocks
+def test_a_blocked_flipped_conv_grad_input_matches_the_reference() -> None:
+    """Channels that fill blocks: the input gradient runs as a blocked Conv."""
+    assert BLOCK is not None
+    rng = np.random.default_rng(6)
+    b = Builder(Graph("dx"))
+    dy = b.input("dy", TensorType("float32", ("batch", 2 * BLOCK, 7, 6)))
+    w = Param("w", rng.standard_normal((2 * BLOCK, BLOCK, 3, 3)).astype(np.float32))
+    x = b.input("x", TensorType("float32", ("batch", BLOCK, 7, 6)))
+    b.graph.outputs = [b.op("conv_grad_input", [dy, w, x], auto_pad="SAME_UPPER")]
+    graph = b.graph
+    params = params_to_inputs(graph)
+    model = lower_to_onnx(graph, blocked_conv=True)
+    assert block_runtime_convs(model, BLOCK) == 1
+    session = _session(model)
+    feeds = _feeds(graph, params, 4, rng)
+    (want,) = run_graph(graph, feeds)
+    (got,) = session.run(None, feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
