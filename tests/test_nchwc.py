@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from kcompile.runtime import lower_to_onnx
-from kcompile.runtime.nchwc import NCHWC_DOMAIN, block_runtime_convs, nchwc_block, reorder_filter
+from kcompile.runtime.nchwc import NCHWC_DOMAIN, block_runtime_convs, nchwc_block, onnxruntime_filter, reorder_filter
 from test_training_ops import TRAINING_CASES, _build
 
 from kcompile.ir import Builder, Graph, TensorType, run_graph
@@ -53,19 +53,19 @@ def _blocked_convs(model: Any) -> int:
 
 
 @needs_blocks
-def test_the_probe_finds_a_block_that_reorders_as_onnxruntime_does() -> None:
-    assert BLOCK in (4, 8, 16)
-    w = np.arange(2 * BLOCK * 3 * BLOCK * 4, dtype=np.float32).reshape(2 * BLOCK, 3 * BLOCK, 2, 2)
-    r = reorder_filter(w, BLOCK)
-    # element (o, c, h, k) lands at block (o // B, c // B), then h, k, then c % B, then o % B
-    o, c, h, k = 2 * BLOCK - 1, BLOCK + 2, 1, 0
-    flat = ((((o // BLOCK) * 3 + c // BLOCK) * 2 + h) * 2 + k) * BLOCK * BLOCK + (c % BLOCK) * BLOCK + o % BLOCK
-    assert r.ravel()[flat] == w[o, c, h, k]
-    assert sorted(r.ravel()) == sorted(w.ravel())
+@pytest.mark.parametrize("channels", [3, 2 * 16], ids=["nchw-input", "blocked-input"])
+def test_filters_are_reordered_as_onnxruntime_reorders_constant_ones(channels: int) -> None:
+    assert BLOCK is not None
+    w = np.random.default_rng(0).standard_normal((2 * BLOCK, channels, 3, 3)).astype(np.float32)
+    written = onnxruntime_filter(w)
+    assert written is not None
+    np.testing.assert_array_equal(reorder_filter(w, BLOCK), written)
 
 
-CONV_CASES = [
+CONV_CASES: list[tuple[Any, ...]] = [
     ({}, True),
+    ({"pads": (1, 1, 1, 1)}, True, 1),  # fewer input channels than a block: NCHW input
+    ({"strides": (2, 2)}, False, 3),
     ({"pads": (1, 0, 2, 1)}, False),
     ({"strides": (2, 1), "dilations": (1, 2)}, True),
     ({"auto_pad": "SAME_UPPER"}, True),
@@ -74,11 +74,13 @@ CONV_CASES = [
 
 
 @needs_blocks
-@pytest.mark.parametrize(("attrs", "bias"), CONV_CASES, ids=[str(i) for i in range(len(CONV_CASES))])
-def test_runtime_filter_convs_run_blocked_and_match_the_reference(attrs: dict[str, Any], bias: bool) -> None:
+@pytest.mark.parametrize("case", CONV_CASES, ids=[str(i) for i in range(len(CONV_CASES))])
+def test_runtime_filter_convs_run_blocked_and_match_the_reference(case: tuple[Any, ...]) -> None:
     assert BLOCK is not None
+    attrs, bias = case[:2]
+    channels = case[2] if len(case) > 2 else 2 * BLOCK
     rng = np.random.default_rng(3)
-    graph = _conv_graph(2 * BLOCK, BLOCK, attrs, bias, rng)
+    graph = _conv_graph(channels, BLOCK, attrs, bias, rng)
     params = params_to_inputs(graph)
     model = lower_to_onnx(graph)
     assert block_runtime_convs(model, BLOCK) == 1 and _blocked_convs(model) == 1
@@ -91,12 +93,38 @@ def test_runtime_filter_convs_run_blocked_and_match_the_reference(attrs: dict[st
 
 
 @needs_blocks
+def test_max_pools_of_a_blocked_conv_pool_blocked_once_each() -> None:
+    """Two equal pools and a different one read the conv's blocked output (the equal ones run
+    once); a ReLU still reads it as NCHW."""
+    assert BLOCK is not None
+    rng = np.random.default_rng(5)
+    b = Builder(Graph("pools"))
+    x = b.input("x", TensorType("float32", ("batch", BLOCK, 9, 9)))
+    w = Param("w", rng.standard_normal((BLOCK, BLOCK, 3, 3)).astype(np.float32))
+    y = b.op("conv", [x, w])
+    first, again = (b.op("max_pool", [y], kernel=(2, 2), strides=(2, 2)) for _ in range(2))
+    box = b.op("max_pool", [y], kernel=(1, 2), strides=(2, 2))
+    b.graph.outputs = [b.op("add", [first, again]), box, b.op("relu", [y])]
+    b.graph.verify()
+    params = params_to_inputs(b.graph)
+    model = lower_to_onnx(b.graph)
+    assert block_runtime_convs(model, BLOCK) == 1
+    blocked = [n.op_type for n in model.graph.node if n.domain == NCHWC_DOMAIN]
+    assert sorted(blocked) == ["Conv", "MaxPool", "MaxPool", "ReorderInput"] + ["ReorderOutput"] * 3
+    assert not any(n.op_type == "MaxPool" and n.domain == "" for n in model.graph.node)
+    session = _session(model)
+    feeds = _feeds(b.graph, params, 3, rng)
+    for got, want in zip(session.run(None, feeds), run_graph(b.graph, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_blocks
 def test_only_ungrouped_runtime_filters_with_whole_blocks_are_rewritten() -> None:
     assert BLOCK is not None
     rng = np.random.default_rng(4)
     constant = lower_to_onnx(_conv_graph(BLOCK, BLOCK, {}, True, rng))  # onnxruntime's own transformer's
     grouped = _conv_graph(2 * BLOCK, 2 * BLOCK, {"group": 2}, False, rng)
-    ragged = _conv_graph(BLOCK + 1, BLOCK, {}, False, rng)
+    ragged = _conv_graph(BLOCK + 2, BLOCK, {}, False, rng)
     for g in (grouped, ragged):
         params_to_inputs(g)
     for model in (constant, lower_to_onnx(grouped), lower_to_onnx(ragged)):
