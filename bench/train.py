@@ -234,9 +234,9 @@ def bench(name: str, opt: str, steps: int, rounds: int) -> None:
 
 
 def _onnx_nodes(model: kc.Model) -> int:
-    from kcompile.runtime import lower_to_onnx
+    from kcompile.training.step import step_onnx
 
-    return len(lower_to_onnx(model._runner.plan.graph).graph.node)
+    return len(step_onnx(model._runner.plan.graph).graph.node)
 
 
 # Profile -----------------------------------------------------------------------------------------
