@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from kcompile.runtime import lower_to_onnx
@@ -174,3 +175,31 @@ def test_a_blocked_flipped_conv_grad_input_matches_the_reference() -> None:
     (want,) = run_graph(graph, feeds)
     (got,) = session.run(None, feeds)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_step_onnxruntime_cannot_load_blocked_falls_back_to_the_plain_lowering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An onnxruntime build whose blocked ops differ must not stop training."""
+    import kcompile as kc
+    import kcompile.runtime.nchwc as nchwc
+    from kcompile.layers import Conv2D, Dense, Flatten
+
+    tried = []
+
+    def broken(model: Any, block: int) -> int:
+        tried.append(block)
+        model.graph.node.append(onnx.helper.make_node("NoSuchOp", [], ["nothing"], domain=NCHWC_DOMAIN))
+        model.graph.output.append(onnx.helper.make_tensor_value_info("nothing", onnx.TensorProto.FLOAT, None))
+        return 1
+
+    monkeypatch.setattr(nchwc, "nchwc_block", lambda: 16)
+    monkeypatch.setattr(nchwc, "block_runtime_convs", broken)
+    model = kc.Sequential([kc.Input(shape=(6, 6, 1)), Conv2D(16, 3), Flatten(), Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 6, 6, 1)).astype(np.float32), rng.standard_normal((4, 2)).astype(np.float32)
+    before = model.evaluate(x, y, verbose=0)
+    model.train_on_batch(x, y)
+    assert model.evaluate(x, y, verbose=0) < before
+    assert tried  # the blocked model was built, refused, and replaced

@@ -179,11 +179,32 @@ def _cnn() -> kc.Model:
     )
 
 
-def test_step_graph_in_onnxruntime_matches_the_reference_interpreter() -> None:
-    model = _cnn()
+def _blocked_cnn() -> kc.Model:
+    """Channel counts that fill onnxruntime's NCHWc blocks (8 or 16): the step's Convs, the
+    flipped-filter input gradient and the max pools after them run blocked."""
+    return kc.Sequential(
+        [
+            kc.Input(shape=(10, 10, 1)),
+            Conv2D(16, 3, activation="relu"),
+            MaxPooling2D(),
+            Conv2D(32, 3, padding="same", activation="relu"),
+            MaxPooling2D(),
+            Flatten(),
+            Dense(4, activation="softmax"),
+        ]
+    )
+
+
+@pytest.mark.parametrize("build", [_cnn, _blocked_cnn], ids=["batchnorm", "blocked"])
+def test_step_graph_in_onnxruntime_matches_the_reference_interpreter(build: Any) -> None:
+    from kcompile.runtime.nchwc import NCHWC_DOMAIN, nchwc_block
+
+    from kcompile.training.step import step_onnx
+
+    model = build()
     model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((5, 6, 6, 2)).astype(np.float32)
+    x = rng.standard_normal((5, *model.inputs[0].shape[1:])).astype(np.float32)
     y = rng.integers(0, 4, 5)
     runner = model._engine(model._as_targets(y))
     plan = runner.plan
@@ -197,6 +218,9 @@ def test_step_graph_in_onnxruntime_matches_the_reference_interpreter() -> None:
         np.testing.assert_allclose(runner.state(name), w, rtol=1e-4, atol=1e-6, err_msg=name)
     # The weights are graph inputs, the graph has no initializer holding them.
     assert not plan.graph.params
+    if build is _blocked_cnn and nchwc_block() is not None:
+        blocked = [n.op_type for n in step_onnx(plan.graph).graph.node if n.domain == NCHWC_DOMAIN]
+        assert blocked.count("Conv") == 3 and "MaxPool" in blocked, blocked
 
 
 def test_missing_gradient_rule_is_reported_by_op_name(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -281,14 +281,14 @@ def _env_threads() -> int:
     return int(value) if value.isdigit() else 0
 
 
-def step_onnx(graph: Graph) -> onnx.ModelProto:
+def step_onnx(graph: Graph, blocked: bool = True) -> onnx.ModelProto:
     """The step graph as onnxruntime runs it: the weights are state fed every step, so its Convs
     go to the blocked kernels by `block_runtime_convs` (onnxruntime's own transformer takes only
-    constant filters) where this machine has them."""
+    constant filters) where this machine has them and `blocked` is set."""
     from kcompile.runtime import lower_to_onnx
     from kcompile.runtime.nchwc import block_runtime_convs, nchwc_block
 
-    block = nchwc_block()
+    block = nchwc_block() if blocked else None
     model = lower_to_onnx(graph, blocked_conv=block is not None)
     if block is not None:
         block_runtime_convs(model, block)
@@ -310,17 +310,9 @@ class StepRunner:
             threads = _env_threads()
         if threads:
             opts.intra_op_num_threads = threads
-        providers = ["CPUExecutionProvider"]
-        try:
-            self.session = ort.InferenceSession(step_onnx(train.graph).SerializeToString(), opts, providers=providers)
-            self.eval_session = (
-                ort.InferenceSession(step_onnx(evaluate.graph).SerializeToString(), opts, providers=providers)
-                if evaluate is not None
-                else None
-            )
-        except Exception as err:
-            raise RuntimeFailure(f"onnxruntime could not load the training step: {err}") from None
         self.ort = ort
+        self.session = self._load(train.graph, opts)
+        self.eval_session = self._load(evaluate.graph, opts) if evaluate is not None else None
         # Two buffers per updated state (ping-pong), one per state the step only reads.
         updated = set(train.updated)
         self.buffers: dict[str, list[Any]] = {}
@@ -339,6 +331,19 @@ class StepRunner:
         self.eval_bindings = [self._bind_eval(p) for p in (0, 1)] if evaluate is not None else []
         self._seen: dict[str, np.ndarray] = {}
         self._remember_params()
+
+    def _load(self, graph: Graph, opts: Any) -> Any:
+        providers = ["CPUExecutionProvider"]
+        try:
+            return self.ort.InferenceSession(step_onnx(graph).SerializeToString(), opts, providers=providers)
+        except Exception:  # an onnxruntime build whose blocked ops differ: the plain lowering
+            pass
+        try:
+            return self.ort.InferenceSession(
+                step_onnx(graph, blocked=False).SerializeToString(), opts, providers=providers
+            )
+        except Exception as err:
+            raise RuntimeFailure(f"onnxruntime could not load the training step: {err}") from None
 
     def _initial(self, name: str) -> np.ndarray:
         if name in self.plan.params:
