@@ -181,11 +181,12 @@ def test_a_step_onnxruntime_cannot_load_blocked_falls_back_to_the_plain_lowering
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An onnxruntime build whose blocked ops differ must not stop training."""
-    import kcompile as kc
     import kcompile.runtime.nchwc as nchwc
+
+    import kcompile as kc
     from kcompile.layers import Conv2D, Dense, Flatten
 
-    tried = []
+    tried: list[int] = []
 
     def broken(model: Any, block: int) -> int:
         tried.append(block)
