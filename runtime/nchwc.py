@@ -84,11 +84,10 @@ def onnxruntime_filter(w: np.ndarray) -> np.ndarray | None:
 
 
 def block_runtime_convs(model: onnx.ModelProto, block: int) -> int:
-    """Rewrite, in place, every 2D, ungrouped float Conv of `model` whose filter is computed or fed
-    at run time, with output channels a multiple of `block` and input channels a multiple or
-    fewer; returns how many. MaxPools
-    that read such a Conv's output read its blocked form (MLAS's blocked pooling), so the output
-    is reordered back to NCHW only for its other readers."""
+    """Rewrite, in place, every 2D, ungrouped float32 Conv of `model` whose filter is computed or
+    fed at run time, with output channels a multiple of `block` and input channels a multiple or
+    fewer; returns how many. MaxPools of such a Conv's output pool its blocked form (MLAS's
+    blocked pooling), so the output is reordered back to NCHW only for its other readers."""
     graph = model.graph
     constant = {t.name for t in graph.initializer} | {
         o for node in graph.node if node.op_type == "Constant" for o in node.output
@@ -108,7 +107,7 @@ def block_runtime_convs(model: onnx.ModelProto, block: int) -> int:
     for node in graph.node:
         for i, name in enumerate(node.input):
             node.input[i] = alias.get(name, name)
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = _attrs(node)
         if _poolable(node, attrs) and node.input[0] in blocked:
             key = (node.input[0], repr(sorted(_pool_attrs(attrs).items())))
             if key in pools and node.output[0] not in graph_outputs:
@@ -165,8 +164,9 @@ def _poolable(node: onnx.NodeProto, attrs: dict[str, Any]) -> bool:
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Static shapes of the float tensors onnx's shape inference can tell (filters are small and
-    static: a parameter, or a reshape or slice of one)."""
+    """Static shapes of the float32 tensors onnx's shape inference can tell (filters are small and
+    static: a parameter, or a reshape or slice of one); other tensors have none, so only float32
+    Convs are rewritten."""
     inferred = onnx.shape_inference.infer_shapes(model).graph
     out: dict[str, tuple[int, ...]] = {}
     for vi in [*inferred.input, *inferred.value_info, *inferred.output]:
