@@ -117,14 +117,7 @@ def block_runtime_convs(model: onnx.ModelProto, block: int) -> int:
             nodes.extend(_blocked_pool(node, attrs, *blocked[node.input[0]]))
             continue
         w_shape = shapes.get(node.input[1]) if node.op_type == "Conv" and node.domain in ("", "ai.onnx") else None
-        if (
-            w_shape is None
-            or node.input[1] in constant
-            or len(w_shape) != 4
-            or attrs.get("group", 1) != 1
-            or w_shape[0] % block
-            or (w_shape[1] % block and w_shape[1] > block)
-        ):
+        if w_shape is None or node.input[1] in constant or attrs.get("group", 1) != 1 or not blockable(w_shape, block):
             nodes.append(node)
             continue
         y = node.output[0]
@@ -137,6 +130,12 @@ def block_runtime_convs(model: onnx.ModelProto, block: int) -> int:
         if not any(op.domain == NCHWC_DOMAIN for op in model.opset_import):
             model.opset_import.append(helper.make_opsetid(NCHWC_DOMAIN, 1))
     return len(blocked)
+
+
+def blockable(w_shape: tuple[int, ...], block: int) -> bool:
+    """Whether MLAS runs an ungrouped Conv with this filter blocked: 2D, the output channels a
+    multiple of the block, the input channels a multiple or fewer."""
+    return len(w_shape) == 4 and w_shape[0] % block == 0 and (w_shape[1] % block == 0 or w_shape[1] < block)
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:

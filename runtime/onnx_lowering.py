@@ -39,8 +39,8 @@ def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
 
 
 class _Emitter:
-    def __init__(self, blocked_conv: bool = False) -> None:
-        self.blocked_conv = blocked_conv
+    def __init__(self, conv_block: int | None = None) -> None:
+        self.conv_block = conv_block
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -57,6 +57,11 @@ class _Emitter:
             i += 1
         self._names.add(name)
         return name
+
+    def blocked_conv(self, w_shape: tuple[int, ...]) -> bool:
+        from .nchwc import blockable
+
+        return self.conv_block is not None and blockable(w_shape, self.conv_block)
 
     def emit(self, op_type: str, inputs: Sequence[str], n_out: int = 1, **attrs: Any) -> list[str]:
         outs = [self.fresh(self.hint) for _ in range(n_out)]
@@ -121,16 +126,16 @@ def _live(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProt
 
 
 def lower_to_onnx(
-    graph: Graph, opset: int = DEFAULT_OPSET, check: bool = True, blocked_conv: bool = False
+    graph: Graph, opset: int = DEFAULT_OPSET, check: bool = True, conv_block: int | None = None
 ) -> onnx.ModelProto:
-    """`graph` as an ONNX model. `blocked_conv` says the model will run with its Convs in blocked
-    kernels even where the filter is not a constant (`nchwc.block_runtime_convs`), so lowerings
-    may prefer a Conv to GEMM-based forms."""
+    """`graph` as an ONNX model. `conv_block` (an NCHWc block size) says the model will run with
+    its Convs in blocked kernels even where the filter is not a constant
+    (`nchwc.block_runtime_convs`), so lowerings may prefer a Conv to GEMM-based forms there."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise LoweringError(
             f"opset {opset} is not supported: choose {MIN_OPSET}..{MAX_OPSET} (onnxruntime runs <= {MAX_OPSET})"
         )
-    e = _Emitter(blocked_conv)
+    e = _Emitter(conv_block)
     names: dict[int, str] = {}
     for v in graph.inputs:
         names[id(v)] = e.graph_input(v.name, v.type)

@@ -68,13 +68,15 @@ TRAINING_CASES: dict[str, list[TCase]] = {
             [T("batch", 4, 3, 4), np.ones((4, 3, 3, 2)), T("batch", 3, 8, 6)],
             {"strides": (2, 1), "dilations": (2, 3), "pads": (1, 0, 0, 1)},
         ),
-        # stride 1: one Conv with the flipped kernel (1D to 3D, grouped, depthwise, dilated, uneven
-        # pads); the group-2 and dilated 1D cases above take it too
+        # stride 1, 2D, one group: MatMul + Col2Im here; one Conv with the flipped kernel where
+        # the emitter runs Convs blocked (tests/test_nchwc.py): dilated, uneven and 'same' pads
         TCase([T("batch", 5, 6, 6), np.ones((5, 4, 3, 3)), T("batch", 4, 8, 8)], {"auto_pad": "VALID"}),
         TCase(
             [T("batch", 4, 7, 6), np.ones((4, 3, 3, 2)), T("batch", 3, 7, 6)],
             {"dilations": (2, 1), "pads": (2, 0, 2, 1)},
         ),
+        TCase([T("batch", 3, 5, 4), np.ones((3, 2, 2, 2)), T("batch", 2, 5, 4)], {"auto_pad": "SAME_UPPER"}),
+        # depthwise, 3D: ConvTranspose
         TCase(
             [T("batch", 4, 5, 5), np.ones((4, 1, 3, 3)), T("batch", 4, 5, 5)], {"auto_pad": "SAME_UPPER", "group": 4}
         ),

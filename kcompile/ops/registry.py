@@ -54,9 +54,11 @@ class Attr:
 class OnnxEmitter(Protocol):
     """What an op's ONNX lowering may do: add nodes and constants to the ONNX graph."""
 
-    # The engine runs every Conv in blocked (NCHWc) kernels, filters computed at run time
-    # included: a Conv is then the fastest form of a convolution-shaped product.
-    blocked_conv: bool
+    def blocked_conv(self, w_shape: tuple[int, ...]) -> bool:
+        """Whether a Conv with a run-time filter of this shape (ungrouped) will run in the
+        engine's blocked (NCHWc) kernels; only then is a Conv the fastest form of a
+        convolution-shaped product."""
+        ...
 
     def emit(self, op_type: str, inputs: Sequence[str], n_out: int = 1, **attrs: Any) -> list[str]: ...
 

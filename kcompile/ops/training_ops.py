@@ -14,10 +14,10 @@ random mask of training-mode dropout.
   `x * dropout_mask(x)`, so the backward pass reuses the forward's mask.
 
 The window adjoints lower to ONNX: dx of a convolution to one Conv with the flipped kernel
-(stride 1) or MatMul + Col2Im (strided; ConvTranspose when also grouped or not 2D); dw to GEMMs
-over columns (made by a one-hot Conv in 1D and 2D, by slices in 3D); max pooling's to MaxPool +
-MaxUnpool (ScatterElements where windows overlap). They need static spatial sizes (the batch may
-stay symbolic).
+(stride 1, where the emitter runs it blocked), else MatMul + Col2Im (2D, one group) or
+ConvTranspose; dw to GEMMs over columns (made by a one-hot Conv in 1D and 2D, by slices in 3D);
+max pooling's to MaxPool + MaxUnpool (ScatterElements where windows overlap). They need static
+spatial sizes (the batch may stay symbolic).
 """
 
 from __future__ import annotations
@@ -319,15 +319,12 @@ def _conv_grad_input_onnx(e: OnnxEmitter, ins: list[str], a: dict[str, Any], typ
     strides, dil = _window_params(a, len(kernel))
     pads = conv_pads(spatial, kernel, a)
     if dy_t.dtype == "float32":  # onnxruntime's Conv, Col2Im: float32
-        flipped = _flipped_pads(spatial, out, kernel, strides, dil, pads) if e.blocked_conv else None
-        if flipped is not None:
-            return _conv_grad_input_flipped(
-                e, ins[0], ins[1], a["group"], _static(w_t, "conv_grad_input"), flipped, dil
-            )
+        w_shape = _static(w_t, "conv_grad_input")
+        flipped = _flipped_pads(spatial, out, kernel, strides, dil, pads)
+        if flipped is not None and a["group"] == 1 and e.blocked_conv((w_shape[1], w_shape[0], *kernel)):
+            return _conv_grad_input_flipped(e, ins[0], ins[1], len(kernel), flipped, dil)
         if a["group"] == 1 and len(kernel) == 2:  # onnxruntime's Col2Im: 2D
-            return _conv_grad_input_col2im(
-                e, ins[0], ins[1], _static(w_t, "conv_grad_input"), spatial, strides, dil, pads
-            )
+            return _conv_grad_input_col2im(e, ins[0], ins[1], w_shape, spatial, strides, dil, pads)
     attrs = _transpose_pads(spatial, out, kernel, a)
     return e.emit("ConvTranspose", ins[:2], group=a["group"], **attrs)
 
@@ -352,25 +349,20 @@ def _flipped_pads(
 
 
 def _conv_grad_input_flipped(
-    e: OnnxEmitter, dy: str, w: str, g: int, w_shape: tuple[int, ...], pads: list[int], dil: tuple[int, ...]
+    e: OnnxEmitter, dy: str, w: str, nd: int, pads: list[int], dil: tuple[int, ...]
 ) -> list[str]:
-    # Stride 1: dx = conv(dy, w~) with w~[c, o] = w[o, c] flipped along every spatial axis (per
-    # group: [g, Og, Cg, *k] -> [g, Cg, Og, *k]). In blocked (NCHWc) kernels one Conv beats a
-    # GEMM plus col2im, with no column buffer (the bench CNN's second layer: 1.4 against 2.2 ms);
-    # in NCHW ones (im2col + GEMM over the larger padded grid) it loses (3.2 ms), hence only
-    # when `e.blocked_conv`.
-    o, cg, kernel = w_shape[0], w_shape[1], w_shape[2:]
-    nd = len(kernel)
-    wg = e.emit("Reshape", [w, _int64(e, [g, o // g, cg, *kernel], "shape")])[0]
-    wg = e.emit("Transpose", [wg], perm=[0, 2, 1, *range(3, 3 + nd)])[0]
-    wf = e.emit("Reshape", [wg, _int64(e, [g * cg, o // g, *kernel], "shape")])[0]
+    # Stride 1, one group: dx = conv(dy, w~) with w~[c, o] = w[o, c] flipped along every spatial
+    # axis. In blocked (NCHWc) kernels one Conv beats a GEMM plus col2im, with no column buffer
+    # (the bench CNN's second layer: 1.4 against 2.2 ms); in NCHW ones (im2col + GEMM over the
+    # larger padded grid) it loses (3.2 ms), hence only when `e.blocked_conv` says w~ runs blocked.
+    wf = e.emit("Transpose", [w], perm=[1, 0, *range(2, 2 + nd)])[0]
     axes = list(range(2, 2 + nd))
     wf = e.emit(
         "Slice",
         [wf, _int64(e, [-1] * nd, "starts"), _int64(e, [-(2**63)] * nd, "ends"), _int64(e, axes, "axes"),
          _int64(e, [-1] * nd, "steps")],
     )[0]  # fmt: skip
-    return e.emit("Conv", [dy, wf], group=g, dilations=list(dil), pads=pads)
+    return e.emit("Conv", [dy, wf], dilations=list(dil), pads=pads)
 
 
 def _conv_grad_input_col2im(

@@ -289,7 +289,7 @@ def step_onnx(graph: Graph, blocked: bool = True) -> onnx.ModelProto:
     from kcompile.runtime.nchwc import block_runtime_convs, nchwc_block
 
     block = nchwc_block() if blocked else None
-    model = lower_to_onnx(graph, blocked_conv=block is not None)
+    model = lower_to_onnx(graph, conv_block=block)
     if block is not None:
         block_runtime_convs(model, block)
     return model
