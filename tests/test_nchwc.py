@@ -63,23 +63,26 @@ def test_filters_are_reordered_as_onnxruntime_reorders_constant_ones(channels: i
     np.testing.assert_array_equal(reorder_filter(w, BLOCK), written)
 
 
-CONV_CASES: list[tuple[Any, ...]] = [
-    ({}, True),
-    ({"pads": (1, 1, 1, 1)}, True, 1),  # fewer input channels than a block: NCHW input
+# (conv attributes, bias, input channels: "blocks" = two whole blocks, else that many, fewer than
+# any block, which MLAS reads as NCHW)
+CONV_CASES: list[tuple[dict[str, Any], bool, int | str]] = [
+    ({}, True, "blocks"),
+    ({"pads": (1, 1, 1, 1)}, True, 1),
     ({"strides": (2, 2)}, False, 3),
-    ({"pads": (1, 0, 2, 1)}, False),
-    ({"strides": (2, 1), "dilations": (1, 2)}, True),
-    ({"auto_pad": "SAME_UPPER"}, True),
-    ({"auto_pad": "SAME_UPPER", "strides": (2, 2)}, False),
+    ({"pads": (1, 0, 2, 1)}, False, "blocks"),
+    ({"strides": (2, 1), "dilations": (1, 2)}, True, "blocks"),
+    ({"auto_pad": "SAME_UPPER"}, True, "blocks"),
+    ({"auto_pad": "SAME_UPPER", "strides": (2, 2)}, False, "blocks"),
 ]
 
 
 @needs_blocks
-@pytest.mark.parametrize("case", CONV_CASES, ids=[str(i) for i in range(len(CONV_CASES))])
-def test_runtime_filter_convs_run_blocked_and_match_the_reference(case: tuple[Any, ...]) -> None:
+@pytest.mark.parametrize(("attrs", "bias", "inputs"), CONV_CASES, ids=[str(i) for i in range(len(CONV_CASES))])
+def test_runtime_filter_convs_run_blocked_and_match_the_reference(
+    attrs: dict[str, Any], bias: bool, inputs: int | str
+) -> None:
     assert BLOCK is not None
-    attrs, bias = case[:2]
-    channels = case[2] if len(case) > 2 else 2 * BLOCK
+    channels = 2 * BLOCK if inputs == "blocks" else int(inputs)
     rng = np.random.default_rng(3)
     graph = _conv_graph(channels, BLOCK, attrs, bias, rng)
     params = params_to_inputs(graph)
