@@ -5,6 +5,7 @@ Every node is lowered by its registry entry's `onnx` rule through an `_Emitter`.
 - graph inputs typed from the IR, symbolic dims as `dim_param` (the batch is "batch");
 - one initializer per Param, named by its scoped path (a shared weight is stored once);
 - each node's device, scope and source location kept in the node's `metadata_props`;
+- no node that no output needs, and a gathered-rows transpose done on the indices instead;
 - passes `onnx.checker.check_model(full_check=True)`.
 """
 
@@ -125,6 +126,40 @@ def _live(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProt
     return kept[::-1]
 
 
+def _gather_transposed_indices(
+    nodes: list[onnx.NodeProto], outputs: list[str], ranks: dict[str, int]
+) -> list[onnx.NodeProto]:
+    """Transpose(Gather(data, idx, axis=0), perm), where perm moves only the axes that come from
+    idx and the Transpose is the Gather's one reader -> Gather(data, Transpose(idx, perm[:r])).
+    The same values, with the transpose moving one index per row instead of the gathered rows: an
+    embedding feeding a recurrent layer (batch-first -> time-major) is this pattern. `ranks` holds
+    the ranks of the graph's inputs and initializers (the rewrite needs data's)."""
+    readers = dict.fromkeys(outputs, 1)  # a graph output counts as a reader
+    for n in nodes:
+        for x in n.input:
+            readers[x] = readers.get(x, 0) + 1
+    producer = {o: n for n in nodes for o in n.output}
+    replaced: dict[int, list[onnx.NodeProto]] = {}
+    gone: set[int] = set()
+    for n in nodes:
+        g = producer.get(n.input[0]) if n.op_type == "Transpose" and n.input else None
+        if g is None or g.op_type != "Gather" or readers[g.output[0]] != 1 or g.input[0] not in ranks:
+            continue
+        if any(a.name == "axis" and a.i != 0 for a in g.attribute):
+            continue
+        perm = list(next(a.ints for a in n.attribute if a.name == "perm"))
+        r = len(perm) - ranks[g.input[0]] + 1  # idx's rank: the gathered axes come first
+        if r < 1 or sorted(perm[:r]) != list(range(r)) or perm[r:] != list(range(r, len(perm))):
+            continue
+        idx_t = f"{n.output[0]}/indices"
+        replaced[id(n)] = [
+            helper.make_node("Transpose", [g.input[1]], [idx_t], name=idx_t, perm=perm[:r]),
+            helper.make_node("Gather", [g.input[0], idx_t], list(n.output), name=n.name or n.output[0], axis=0),
+        ]
+        gone.add(id(g))
+    return [m for n in nodes if id(n) not in gone for m in replaced.get(id(n), [n])]
+
+
 def lower_to_onnx(
     graph: Graph, opset: int = DEFAULT_OPSET, check: bool = True, conv_block: int | None = None
 ) -> onnx.ModelProto:
@@ -173,7 +208,9 @@ def lower_to_onnx(
     for n in e.nodes:
         n.input[:] = [renamed.get(x, x) for x in n.input]
         n.output[:] = [renamed.get(x, x) for x in n.output]
-    nodes = _live(e.nodes, [o.name for o in outputs])
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in e.inputs}
+    ranks.update({t.name: len(t.dims) for t in e.initializers})
+    nodes = _gather_transposed_indices(_live(e.nodes, out_names), out_names, ranks)
     # Constants only dead nodes read go too (weights stay: they are the model's named state).
     read = {x for n in nodes for x in n.input} | {names[id(p)] for p in graph.params}
     inits = [t for t in e.initializers if t.name in read]

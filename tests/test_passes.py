@@ -409,3 +409,47 @@ def test_lowering_drops_dead_nodes_and_unused_optional_outputs() -> None:
     ids = np.random.default_rng(1).integers(0, 20, (3, 6)).astype(np.float32)
     (want,) = run_graph(compiled.graph, {"x": ids})
     np.testing.assert_allclose(compiled(ids), want, rtol=1e-5, atol=1e-6)
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in graph.node for o in n.output}
+
+
+def test_embedding_into_recurrent_layer_transposes_indices_not_rows() -> None:
+    x = kc.Input(shape=(7,), name="x")
+    h = layers.GRU(5)(layers.LSTM(6, return_sequences=True)(layers.Embedding(20, 4)(x)))
+    model = randomize(kc.Model(x, layers.Dense(1)(h)))
+    compiled = kc.compile(model, level=2)
+    graph = compiled.onnx_model.graph
+    made_by = _producers(graph)
+    (lstm,) = [n for n in graph.node if n.op_type == "LSTM"]
+    gather = made_by[lstm.input[0]]  # time-major rows, gathered in that order
+    assert gather.op_type == "Gather"
+    assert made_by[gather.input[1]].op_type == "Transpose"
+    assert not any(n.op_type == "Transpose" and made_by[n.input[0]].op_type == "Gather" for n in graph.node)
+    ids = np.random.default_rng(2).integers(0, 20, (3, 7)).astype(np.float32)
+    (want,) = run_graph(compiled.graph, {"x": ids})
+    np.testing.assert_allclose(compiled(ids), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("other_reader", ["layer", "model output"])
+def test_gathered_rows_with_other_readers_are_transposed_themselves(other_reader: str) -> None:
+    x = kc.Input(shape=(7,), name="x")
+    e = layers.Embedding(20, 4)(x)
+    if other_reader == "layer":
+        model = kc.Model(
+            x, layers.Dense(1)(layers.Concatenate()([layers.LSTM(5)(e), layers.GlobalAveragePooling1D()(e)]))
+        )
+    else:
+        model = kc.Model(x, [layers.Dense(1)(layers.LSTM(5)(e)), e])
+    compiled = kc.compile(randomize(model), level=2)
+    graph = compiled.onnx_model.graph
+    made_by = _producers(graph)
+    (lstm,) = [n for n in graph.node if n.op_type == "LSTM"]
+    transpose = made_by[lstm.input[0]]
+    assert transpose.op_type == "Transpose" and made_by[transpose.input[0]].op_type == "Gather"
+    ids = np.random.default_rng(3).integers(0, 20, (3, 7)).astype(np.float32)
+    want = run_graph(compiled.graph, {"x": ids})
+    got = compiled(ids)
+    for g, w in zip(got if isinstance(got, list) else [got], want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
