@@ -9,14 +9,17 @@ interleaved round by round (so machine noise hits all of them alike), median per
 Peers need the `bench` extra (`pip install .[bench]`); a missing peer is reported and skipped.
 Every peer's output is checked against kcompile -O0 before timing. Ratios are peer / kcompile
 -O2 time within each round, the median over rounds (> 1: the peer is slower); the order of the
-runners reverses every other round. Also printed: ONNX node counts before and after onnxruntime's
-optimizer, kcompile's compile time, and achieved GFLOP/s as a fraction of this machine's
-measured float32 GEMM peak.
+runners reverses every other round. Each median ratio comes with its 95% confidence interval and
+kcompile's verdict: faster, tied or slower, as the interval lies above, around or below 1
+(`stats.py`). Also printed: ONNX node counts before and after onnxruntime's optimizer, which
+peers run the same onnxruntime kernels as kcompile -O2, kcompile's compile time, and achieved
+GFLOP/s as a fraction of this machine's float32 GEMM rate, measured in the same rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 import sys
@@ -34,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import workloads
+from stats import SETTLE, median_ci, paired_ratios
 
 import kcompile as kc
 from kcompile.ir import Graph
@@ -53,12 +57,36 @@ def session(model: onnx.ModelProto | str, optimized_path: str | None = None) -> 
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
-def node_counts(model: onnx.ModelProto | str) -> tuple[int, int]:
+def optimized(model: onnx.ModelProto | str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The model, and the model onnxruntime runs after its own optimizer."""
     proto = onnx.load(model) if isinstance(model, str) else model
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "opt.onnx")
         session(proto, path)
-        return len(proto.graph.node), len(onnx.load(path).graph.node)
+        return proto, onnx.load(path)
+
+
+# onnxruntime's CPU kernels for these hand their input's buffer on without copying.
+IN_PLACE = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+
+
+def kernel_types(model: onnx.ModelProto) -> collections.Counter[str]:
+    """How many nodes of each op type onnxruntime runs, less those that only relabel a buffer."""
+    return collections.Counter(
+        f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in model.graph.node if n.op_type not in IN_PLACE
+    )
+
+
+def compare_kernels(ours: collections.Counter[str], theirs: collections.Counter[str]) -> str:
+    def listed(c: collections.Counter[str]) -> str:
+        return ", ".join(f"{k} x{v}" if v > 1 else k for k, v in sorted(c.items()))
+
+    extra, missing = ours - theirs, theirs - ours
+    if not extra and not missing:
+        return "the same kernels as kcompile -O2"
+    if not extra:
+        return f"kcompile -O2's kernels and more: {listed(missing)}"
+    return f"other kernels than kcompile -O2: kcompile has {listed(extra) or '-'}, it has {listed(missing) or '-'}"
 
 
 def ort_runner(model: onnx.ModelProto | str, x: np.ndarray) -> Runner:
@@ -87,32 +115,29 @@ def flops(graph: Graph, batch: int) -> float:
     return total
 
 
-def gemm_peak() -> float:
-    """Measured float32 GEMM GFLOP/s of this machine (onnxruntime MatMul, 1024^3)."""
+GEMM_N = 1024
+
+
+def gemm_runner() -> Runner:
+    """A float32 GEMM of GEMM_N^3 in onnxruntime: the machine's peak rate, timed in the same rounds
+    as the workloads (its speed drifts with the machine's load, as theirs does)."""
     from kcompile.runtime import lower_to_onnx
 
     from kcompile.ir import Builder, TensorType
 
     b = Builder()
-    a = b.input("a", TensorType("float32", (1024, 1024)))
-    w = b.input("w", TensorType("float32", (1024, 1024)))
+    a = b.input("a", TensorType("float32", (GEMM_N, GEMM_N)))
+    w = b.input("w", TensorType("float32", (GEMM_N, GEMM_N)))
     b.graph.outputs = [b.op("matmul", [a, w])]
     sess = session(lower_to_onnx(b.graph))
     rng = np.random.default_rng(0)
-    feeds = {"a": rng.random((1024, 1024), dtype=np.float32), "w": rng.random((1024, 1024), dtype=np.float32)}
-    for _ in range(3):
-        sess.run(None, feeds)
-    times = []
-    for _ in range(10):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return 2 * 1024**3 / min(times) / 1e9
+    feeds = {k: rng.random((GEMM_N, GEMM_N), dtype=np.float32) for k in ("a", "w")}
+    return lambda: sess.run(None, feeds)
 
 
 def measure(runners: dict[str, Runner], rounds: int, min_time: float) -> dict[str, list[float]]:
     """Seconds per call of each runner in every round (each repeats for about `min_time`); the
-    runners take turns, in reverse order every other round."""
+    runners take turns, in reverse order every other round, each after a pause of SETTLE."""
     reps = {}
     for name, run in runners.items():
         run()
@@ -122,18 +147,13 @@ def measure(runners: dict[str, Runner], rounds: int, min_time: float) -> dict[st
     times: dict[str, list[float]] = {name: [] for name in runners}
     for r in range(rounds):
         for name in list(runners)[:: -1 if r % 2 else 1]:
+            time.sleep(SETTLE)
             run = runners[name]
             start = time.perf_counter()
             for _ in range(reps[name]):
                 run()
             times[name].append((time.perf_counter() - start) / reps[name])
     return times
-
-
-def paired_ratio(times: list[float], base: list[float]) -> float:
-    """Median over rounds of the time ratio within each round (robust to the machine's speed
-    changing between rounds, which a ratio of medians is not)."""
-    return statistics.median(t / b for t, b in zip(times, base, strict=True))
 
 
 def peers(name: str, model: kc.Model, x: np.ndarray, tmp: str) -> tuple[dict[str, Runner], dict[str, Any]]:
@@ -185,8 +205,8 @@ def main() -> None:
     parser.add_argument("--min-time", type=float, default=0.05, help="seconds per runner per round")
     parser.add_argument("--only", nargs="*", help="workload names to run")
     args = parser.parse_args()
-    peak = gemm_peak()
-    print(f"machine float32 GEMM peak (onnxruntime MatMul 1024^3): {peak:.1f} GFLOP/s, {os.cpu_count()} cores")
+    gemm = gemm_runner()
+    print(f"{os.cpu_count()} cores; 'of peak': of the float32 GEMM rate (MatMul {GEMM_N}^3) in the same rounds")
     for name, (build, batches) in workloads.WORKLOADS.items():
         if args.only and name not in args.only:
             continue
@@ -202,11 +222,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             x0 = workloads.sample_input(model, 2, seed=1)
             _, files = peers(name, model, x0, tmp)
-            counts = {k: node_counts(c.onnx_model) for k, c in compiled.items()}
-            counts.update({k: node_counts(p) for k, p in files.items()})
-            for k, (raw, opt) in counts.items():
-                print(f"  {k:<22} ONNX nodes {raw:>5}, after onnxruntime's optimizer {opt:>5}")
-            print(f"  {'batch':>5}  {'runner':<22} {'median ms':>10} {'vs -O2':>8} {'GFLOP/s':>8} {'of peak':>8}")
+            graphs = {k: optimized(c.onnx_model) for k, c in compiled.items()}
+            graphs.update({k: optimized(p) for k, p in files.items()})
+            ours = kernel_types(graphs["kcompile -O2"][1])
+            for k, (raw, opt) in graphs.items():
+                same = "" if k == "kcompile -O2" else f"; {compare_kernels(ours, kernel_types(opt))}"
+                n_raw, n_opt = len(raw.graph.node), len(opt.graph.node)
+                print(f"  {k:<22} ONNX nodes {n_raw:>5}, after onnxruntime's optimizer {n_opt:>5}{same}")
+            print(
+                f"  {'batch':>5}  {'runner':<22} {'median ms':>10} {'vs -O2 [95% CI]':>22} {'kcompile':>8}"
+                f" {'GFLOP/s':>8} {'of peak':>8}"
+            )
             for batch in batches:
                 x = workloads.sample_input(model, batch, seed=batch)
                 runners: dict[str, Runner] = {k: ort_runner(c.onnx_model, x) for k, c in compiled.items()}
@@ -217,13 +243,17 @@ def main() -> None:
                     got = np.asarray(run())
                     if not np.allclose(got, want, rtol=1e-3, atol=1e-4):
                         print(f"  !! {k} disagrees with kcompile -O0 (max diff {np.abs(got - want).max():.2e})")
-                times = measure(runners, args.rounds, args.min_time)
+                times = measure(runners | {"gemm": gemm}, args.rounds, args.min_time)
+                peak = 2 * GEMM_N**3 / statistics.median(times.pop("gemm")) / 1e9
                 work = flops(compiled["kcompile -O0"].graph, batch)
                 for k, t in times.items():
                     m = statistics.median(t)
                     gf = work / m / 1e9
-                    ratio = paired_ratio(t, times["kcompile -O2"])
-                    print(f"  {batch:>5}  {k:<22} {m * 1e3:>10.3f} {ratio:>7.2f}x {gf:>8.2f} {gf / peak:>7.1%}")
+                    ci = median_ci(paired_ratios(t, times["kcompile -O2"]))
+                    verdict = "" if k == "kcompile -O2" else ci.verdict()
+                    row = f"{m * 1e3:>10.3f} {ci!s:>22} {verdict:>8} {gf:>8.2f} {gf / peak:>8.1%}"
+                    print(f"  {batch:>5}  {k:<22} {row}")
+                print(f"  {batch:>5}  (float32 GEMM rate in these rounds: {peak:.1f} GFLOP/s)")
 
 
 if __name__ == "__main__":

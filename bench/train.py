@@ -13,7 +13,8 @@ epoch of `--steps` batches per round, so machine noise hits all of them alike), 
 Peers need the `bench` extra (`pip install .[bench]`); a missing peer is reported and skipped.
 Before timing, every peer's loss on the first batch (inference mode, same weights) is checked
 against kcompile's. Ratios are peer time / kcompile time within each round, the median over
-rounds (> 1: the peer is slower); the order of the runners reverses every other round.
+rounds (> 1: the peer is slower), with its 95% confidence interval and kcompile's verdict
+(faster / tied / slower; `stats.py`); the order of the runners reverses every other round.
 
     KERAS_BACKEND=torch .venv/bin/python bench/train.py [--only small_cnn] [--rounds 9]
     .venv/bin/python bench/train.py --profile small_cnn     # onnxruntime's per-op times of one step
@@ -36,6 +37,9 @@ from typing import Any
 import numpy as np
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from stats import SETTLE, median_ci, paired_ratios
 
 import kcompile as kc
 from kcompile import layers
@@ -183,22 +187,18 @@ def keras_runner(model: kc.Model, opt: str, x: np.ndarray, y: np.ndarray) -> tup
 # Timing ------------------------------------------------------------------------------------------
 def measure(runners: dict[str, Runner], rounds: int) -> dict[str, list[float]]:
     """Seconds per call of each runner in every round; the runners take turns, in reverse order
-    every other round, so a slow spell of the machine falls on neighbours alike."""
+    every other round (each after a pause of SETTLE), so a slow spell of the machine falls on
+    neighbours alike."""
     for run in runners.values():
         run()  # warm-up: builds kcompile's step, Keras' train function, torch's allocator caches
     times: dict[str, list[float]] = {name: [] for name in runners}
     for r in range(rounds):
         for name in list(runners)[:: -1 if r % 2 else 1]:
+            time.sleep(SETTLE)
             start = time.perf_counter()
             runners[name]()
             times[name].append(time.perf_counter() - start)
     return times
-
-
-def paired_ratio(times: list[float], base: list[float]) -> float:
-    """Median over rounds of the time ratio within each round (robust to the machine's speed
-    changing between rounds, which a ratio of medians is not)."""
-    return statistics.median(t / b for t, b in zip(times, base, strict=True))
 
 
 def peers(model: kc.Model, opt: str, x: np.ndarray, y: np.ndarray, want: float) -> dict[str, Runner]:
@@ -229,8 +229,9 @@ def bench(name: str, opt: str, steps: int, rounds: int) -> None:
     times = measure(runners, rounds)
     for label, t in times.items():
         per_step = statistics.median(t) / steps
-        ratio = paired_ratio(t, times["kcompile fit"])
-        print(f"  {opt:<5} {label:<15} {per_step * 1e3:>9.3f} {BATCH / per_step:>11.0f} {ratio:>9.2f}x")
+        ci = median_ci(paired_ratios(t, times["kcompile fit"]))
+        verdict = "" if label == "kcompile fit" else ci.verdict()
+        print(f"  {opt:<5} {label:<15} {per_step * 1e3:>9.3f} {BATCH / per_step:>11.0f} {ci!s:>22} {verdict:>8}")
 
 
 def _onnx_nodes(model: kc.Model) -> int:
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.only and name not in args.only:
             continue
         print(f"\n== {name}")
-        print(f"  {'opt':<5} {'runner':<15} {'ms/step':>9} {'samples/s':>11} {'ratio':>10}")
+        print(f"  {'opt':<5} {'runner':<15} {'ms/step':>9} {'samples/s':>11} {'ratio [95% CI]':>22} {'kcompile':>8}")
         for opt in args.optimizers:
             bench(name, opt, args.steps, args.rounds)
     sys.stdout.flush()
