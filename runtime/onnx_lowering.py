@@ -11,7 +11,7 @@ Every node is lowered by its registry entry's `onnx` rule through an `_Emitter`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -127,13 +127,14 @@ def _live(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProt
 
 
 def _gather_transposed_indices(
-    nodes: list[onnx.NodeProto], outputs: list[str], ranks: dict[str, int]
+    nodes: list[onnx.NodeProto], outputs: list[str], ranks: dict[str, int], fresh: Callable[[str], str]
 ) -> list[onnx.NodeProto]:
     """Transpose(Gather(data, idx, axis=0), perm), where perm moves only the axes that come from
     idx and the Transpose is the Gather's one reader -> Gather(data, Transpose(idx, perm[:r])).
     The same values, with the transpose moving one index per row instead of the gathered rows: an
     embedding feeding a recurrent layer (batch-first -> time-major) is this pattern. `ranks` holds
-    the ranks of the graph's inputs and initializers (the rewrite needs data's)."""
+    the ranks of the graph's inputs and initializers (the rewrite needs data's); each new node
+    keeps the metadata (device, scope, location) of the node it stands for."""
     readers = dict.fromkeys(outputs, 1)  # a graph output counts as a reader
     for n in nodes:
         for x in n.input:
@@ -151,11 +152,12 @@ def _gather_transposed_indices(
         r = len(perm) - ranks[g.input[0]] + 1  # idx's rank: the gathered axes come first
         if r < 1 or sorted(perm[:r]) != list(range(r)) or perm[r:] != list(range(r, len(perm))):
             continue
-        idx_t = f"{n.output[0]}/indices"
-        replaced[id(n)] = [
-            helper.make_node("Transpose", [g.input[1]], [idx_t], name=idx_t, perm=perm[:r]),
-            helper.make_node("Gather", [g.input[0], idx_t], list(n.output), name=n.name or n.output[0], axis=0),
-        ]
+        idx_t = fresh(f"{n.output[0]}/indices")
+        transpose = helper.make_node("Transpose", [g.input[1]], [idx_t], name=idx_t, perm=perm[:r])
+        gather = helper.make_node("Gather", [g.input[0], idx_t], list(n.output), name=n.name, axis=0)
+        transpose.metadata_props.extend(n.metadata_props)
+        gather.metadata_props.extend(g.metadata_props)
+        replaced[id(n)] = [transpose, gather]
         gone.add(id(g))
     return [m for n in nodes if id(n) not in gone for m in replaced.get(id(n), [n])]
 
@@ -210,7 +212,7 @@ def lower_to_onnx(
         n.output[:] = [renamed.get(x, x) for x in n.output]
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in e.inputs}
     ranks.update({t.name: len(t.dims) for t in e.initializers})
-    nodes = _gather_transposed_indices(_live(e.nodes, out_names), out_names, ranks)
+    nodes = _gather_transposed_indices(_live(e.nodes, out_names), out_names, ranks, e.fresh)
     # Constants only dead nodes read go too (weights stay: they are the model's named state).
     read = {x for n in nodes for x in n.input} | {names[id(p)] for p in graph.params}
     inits = [t for t in e.initializers if t.name in read]

@@ -426,6 +426,7 @@ def test_embedding_into_recurrent_layer_transposes_indices_not_rows() -> None:
     gather = made_by[lstm.input[0]]  # time-major rows, gathered in that order
     assert gather.op_type == "Gather"
     assert made_by[gather.input[1]].op_type == "Transpose"
+    assert {"kcompile.op": "gather"}.items() <= {p.key: p.value for p in gather.metadata_props}.items()
     assert not any(n.op_type == "Transpose" and made_by[n.input[0]].op_type == "Gather" for n in graph.node)
     ids = np.random.default_rng(2).integers(0, 20, (3, 7)).astype(np.float32)
     (want,) = run_graph(compiled.graph, {"x": ids})
