@@ -83,10 +83,10 @@ def compare_kernels(ours: collections.Counter[str], theirs: collections.Counter[
 
     extra, missing = ours - theirs, theirs - ours
     if not extra and not missing:
-        return "the same kernels as kcompile -O2"
+        return "the same kernel types as kcompile -O2"
     if not extra:
-        return f"kcompile -O2's kernels and more: {listed(missing)}"
-    return f"other kernels than kcompile -O2: kcompile has {listed(extra) or '-'}, it has {listed(missing) or '-'}"
+        return f"kcompile -O2's kernel types and more: {listed(missing)}"
+    return f"other kernel types than kcompile -O2: kcompile has {listed(extra) or '-'}, it has {listed(missing) or '-'}"
 
 
 def ort_runner(model: onnx.ModelProto | str, x: np.ndarray) -> Runner:
@@ -244,16 +244,16 @@ def main() -> None:
                     if not np.allclose(got, want, rtol=1e-3, atol=1e-4):
                         print(f"  !! {k} disagrees with kcompile -O0 (max diff {np.abs(got - want).max():.2e})")
                 times = measure(runners | {"gemm": gemm}, args.rounds, args.min_time)
-                peak = 2 * GEMM_N**3 / statistics.median(times.pop("gemm")) / 1e9
+                gemm_rate = 2 * GEMM_N**3 / statistics.median(times.pop("gemm")) / 1e9
                 work = flops(compiled["kcompile -O0"].graph, batch)
                 for k, t in times.items():
                     m = statistics.median(t)
                     gf = work / m / 1e9
                     ci = median_ci(paired_ratios(t, times["kcompile -O2"]))
                     verdict = "" if k == "kcompile -O2" else ci.verdict()
-                    row = f"{m * 1e3:>10.3f} {ci!s:>22} {verdict:>8} {gf:>8.2f} {gf / peak:>8.1%}"
+                    row = f"{m * 1e3:>10.3f} {ci!s:>22} {verdict:>8} {gf:>8.2f} {gf / gemm_rate:>8.1%}"
                     print(f"  {batch:>5}  {k:<22} {row}")
-                print(f"  {batch:>5}  (float32 GEMM rate in these rounds: {peak:.1f} GFLOP/s)")
+                print(f"  {batch:>5}  (float32 GEMM rate in these rounds: {gemm_rate:.1f} GFLOP/s)")
 
 
 if __name__ == "__main__":
